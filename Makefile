@@ -1,0 +1,45 @@
+# One source of truth for commands: the README and CI call these targets.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+DATA    ?= ../shared/data
+
+.PHONY: demo test test-fast lint bench models arm-check clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first and pinned: the CPU wheel on disk. Any looser request would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[train,bench,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeae demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(VENV)/bin/edgeae bench --quality --data $(DATA) --out bench-out
+
+# Reproduce the default models (hours on 2 CPU cores; minutes on one GPU with --parallel --minutes 8).
+models: $(STAMP)
+	$(PY) -m training.defaults --data $(DATA) --out runs
+	$(PY) -m export.defaults --runs runs --out models
+
+arm-check: $(STAMP)
+	bash benchmarks/arm_check.sh
+
+clean:
+	rm -rf demo-out bench-out .pytest_cache

@@ -1,0 +1,300 @@
+"""The `edgeae` command line: one click group, thin commands, heavy imports inside them.
+
+Errors reach the user as one line and an exit code (0 ok, 2 usage, 3 bad data, 4 model rejected, 5 source lost,
+130 interrupted); `edgeae --debug ...` shows the traceback instead. Commands that need PyTorch (train, export)
+and the benchmark/demo commands live in other packages and are loaded by name only when invoked, so the
+edge install (numpy, onnxruntime, OpenCV, click) never imports them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from edge_runtime import errors
+
+# name -> (module, attribute, one-line help shown by `edgeae --help` without importing the module)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("training.cli", "train", "Train a denoising, compression or anomaly autoencoder (needs edgeae[train])."),
+    "export": ("export.cli", "export", "Export a training run to an ONNX model bundle: FP32, FP16, INT8 (edgeae[train])."),
+    "bench": ("benchmarks.cli", "bench", "Measure latency and quality against PyTorch, OpenCV and other runtimes."),
+    "demo": ("benchmarks.demo", "demo", "Run every task on a synthetic camera video with the default models."),
+}
+TORCH_SIDE = {"torch", "onnx", "onnxscript", "safetensors", "onnxruntime.quantization"}
+DEVICES = ["auto", "cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack"]
+PRECISIONS = ["fp32", "fp16", "int8"]
+
+
+class EdgeAEGroup(click.Group):
+    """A click group that loads some commands lazily and turns edgeae errors into exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr, _ = LAZY_COMMANDS[name]
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if _is_torch_side(exc):
+                    return _missing_extra_command(name, exc)
+                raise
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS:
+                rows.append((name, LAZY_COMMANDS[name][2]))
+            else:
+                cmd = super().get_command(ctx, name)
+                rows.append((name, cmd.get_short_help_str(80) if cmd else ""))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug") or os.environ.get("EDGEAE_DEBUG"))
+        try:
+            return super().invoke(ctx)
+        except errors.EdgeAEError as exc:
+            if debug:
+                raise
+            click.echo(f"edgeae: error: {_one_line(exc)}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("edgeae: interrupted", err=True)
+            ctx.exit(errors.INTERRUPTED)
+        except ModuleNotFoundError as exc:
+            if debug or not _is_torch_side(exc):
+                raise
+            click.echo(f"edgeae: error: this command needs {exc.name}: install edgeae[train]", err=True)
+            ctx.exit(errors.USAGE)
+
+
+def _is_torch_side(exc: ModuleNotFoundError) -> bool:
+    name = (exc.name or "").split(".")[0]
+    return name in {n.split(".")[0] for n in TORCH_SIDE} or name in {"skimage", "matplotlib", "tqdm", "bm3d"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _missing_extra_command(name: str, exc: ModuleNotFoundError) -> click.Command:
+    extra = "train" if name in ("train", "export") else "bench"
+
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                   help=f"{LAZY_COMMANDS[name][2]} Not available: {exc.name} is not installed.")  # fmt: skip
+    def missing() -> None:
+        click.echo(f"edgeae {name}: needs {exc.name}: install edgeae[{extra}]", err=True)
+        sys.exit(errors.USAGE)
+
+    return missing
+
+
+def runtime_options(f):
+    """--precision/--device/--allow-fallback/--threads, shared by every command that runs a model."""
+    f = click.option("--threads", type=click.IntRange(1, 256), default=None,
+                     help="onnxruntime intra-op threads (default: cores - 1, one left for decoding).")(f)  # fmt: skip
+    f = click.option("--allow-fallback", is_flag=True,
+                     help="Run on the CPU with a warning when the requested device is unavailable "
+                          "(default: refuse, exit 4).")(f)  # fmt: skip
+    f = click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+                     help="onnxruntime execution provider; auto picks the best one present.")(f)  # fmt: skip
+    f = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                     help="Which graph of the bundle to run (int8: CPUs, fp16: GPUs).")(f)  # fmt: skip
+    return f
+
+
+def _print_stats(stats: dict, stats_path: str | None) -> None:
+    from edge_runtime.stats import format_stats
+
+    click.echo(format_stats(stats))
+    if stats_path:
+        from edge_runtime.io import atomic_write_text
+
+        atomic_write_text(stats_path, json.dumps(stats, indent=2, default=float) + "\n")
+
+
+@click.group(cls=EdgeAEGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="edgeae", message="edgeae %(version)s")
+def cli(debug: bool) -> None:
+    """edgeae: convolutional autoencoders on edge devices.
+
+    \b
+    Workstation:  edgeae train -> edgeae export        (needs edgeae[train])
+    Device:       edgeae denoise | score | calibrate | compress | decompress | run
+    Measure:      edgeae bench, edgeae demo
+
+    Exit codes: 0 ok, 2 usage, 3 bad or corrupt input data, 4 model rejected, 5 source lost, 130 interrupted.
+    """
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.argument("input", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Output image, folder or video (by extension); written atomically.")  # fmt: skip
+@click.option("--tile", type=click.IntRange(64, 16384), default=1024, show_default=True,
+              help="Frames larger than this are denoised in overlapping tiles, blended without seams.")  # fmt: skip
+@click.option("--stats", "stats_path", type=click.Path(), default=None, help="Write timing statistics as JSON.")
+@runtime_options
+def denoise(model, input, output, tile, stats_path, precision, device, allow_fallback, threads):
+    """Denoise images, a folder of images or a video with a denoising MODEL bundle, at full resolution.
+
+    INPUT is an image, a folder, a glob (quoted) or a video. Corrupt images are skipped and counted; the run
+    then exits 3 after writing the others.
+    """
+    from edge_runtime.denoise import denoise_source
+
+    stats = denoise_source(model, input, output, tile=tile, precision=precision, device=device,
+                           allow_fallback=allow_fallback, threads=threads)  # fmt: skip
+    _print_stats(stats, stats_path)
+    if stats.get("error"):
+        raise errors.BadDataError(stats["error"])
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.argument("input", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Heat-map overlay video (.mp4/.avi) or folder of images.")  # fmt: skip
+@click.option("--events", type=click.Path(), default=None, help="Per-frame scores and alarms as JSONL.")
+@runtime_options
+def score(model, input, output, events, precision, device, allow_fallback, threads):
+    """Score frames of INPUT for anomalies with an anomaly MODEL bundle.
+
+    Prints one line per frame (score in normalised units, threshold, alarm); alarms use temporal smoothing
+    with hysteresis so one noisy frame does not raise one. Calibrate the model on the scene first
+    (`edgeae calibrate`).
+    """
+    from edge_runtime.anomaly import score_source
+
+    stats = score_source(model, input, output, events_path=events, precision=precision, device=device,
+                         threads=threads, allow_fallback=allow_fallback, progress=True)  # fmt: skip
+    click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--source", required=True, help="Normal frames: camera index, video, URL, image folder or glob.")
+@click.option("--frames", "n", type=click.IntRange(10, 100000), default=100, show_default=True,
+              help="How many normal frames to fit on.")  # fmt: skip
+@click.option("--per-location/--global-only", default=True, show_default=True,
+              help="Also fit a Gaussian per feature location (adapts a generic model to a fixed camera).")  # fmt: skip
+@runtime_options
+def calibrate(model, source, n, per_location, precision, device, allow_fallback, threads):
+    """Fit the anomaly threshold and score normalisation of MODEL on normal frames, on the device.
+
+    numpy only (no PyTorch); the bundle's manifest and statistics are rewritten atomically, so an interrupted
+    calibration leaves the previous model intact.
+    """
+    from edge_runtime.anomaly import calibrate as run_calibration
+    from edge_runtime.sources import open_source
+
+    with open_source(source) as src:
+        frames = (f.image for f in src)
+        summary = run_calibration(model, frames, n=n, per_location=per_location, precision=precision,
+                                  device=device, threads=threads, allow_fallback=allow_fallback)  # fmt: skip
+    click.echo(json.dumps(summary, default=float))
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.argument("input", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="The .eae file to write (atomically).")
+@click.option("--quality", type=int, default=None,
+              help="Quality level: picks the bundle of that level when MODEL is a folder of bundles.")  # fmt: skip
+@runtime_options
+def compress(model, input, output, quality, precision, device, allow_fallback, threads):
+    """Compress an image, a folder of images or a video with a learned codec into one .eae file.
+
+    The stream names its decoder by a prefix of the decoder file's SHA-256; see docs/bitstream.md.
+    """
+    from edge_runtime.codec import compress as run_compress
+
+    stats = run_compress(model, input, output, quality=quality, precision=precision, device=device,
+                         threads=threads, progress=True)  # fmt: skip
+    click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
+
+
+@cli.command()
+@click.argument("stream", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Image (one frame), folder of PNGs, or video (.mp4/.avi), by extension.")  # fmt: skip
+@click.option("--model", type=click.Path(), default=None, help="The decoder bundle (default: look it up by id).")
+@click.option("--models-dir", type=click.Path(), default="models", show_default=True,
+              help="Where to look for the bundle whose decoder matches the stream's model id.")  # fmt: skip
+@click.option("--frame", type=click.IntRange(0), default=None, help="Decode only this frame (by index).")
+@runtime_options
+def decompress(stream, output, model, models_dir, frame, precision, device, allow_fallback, threads):
+    """Decode an .eae STREAM back to images or video.
+
+    Any damage to the stream (truncation, a flipped bit, trailing bytes, another model's stream) is refused
+    with exit 3 and leaves no output behind.
+    """
+    from edge_runtime.codec import decompress as run_decompress
+
+    stats = run_decompress(stream, output, model=model, models_dir=models_dir, precision=precision,
+                           device=device, threads=threads, frame=frame, progress=True)  # fmt: skip
+    click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--source", required=True,
+              help="Camera index (0), video file, rtsp:// or http:// URL, image, folder or glob.")  # fmt: skip
+@click.option("--show", is_flag=True, help="Show the annotated frames in an OpenCV window (needs GUI support).")
+@click.option("--serve", default=None, metavar="HOST:PORT",
+              help="Stream annotated frames as MJPEG over HTTP (binds 127.0.0.1 unless told otherwise).")  # fmt: skip
+@click.option("--token", envvar="EDGEAE_TOKEN", default=None,
+              help="Access token for --serve (or EDGEAE_TOKEN); required on non-loopback addresses.")  # fmt: skip
+@click.option("--insecure", is_flag=True, help="Allow --serve on a non-loopback address without a token.")
+@click.option("--record", type=click.Path(), default=None, help="Record the annotated frames to a video file.")
+@click.option("--events", type=click.Path(), default=None, help="Anomaly events as JSONL (anomaly models).")
+@click.option("--stats", "stats_path", type=click.Path(), default=None, help="Write run statistics as JSON.")
+@click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
+@click.option("--open-timeout", type=float, default=5.0, show_default=True, help="Seconds to open a live source.")
+@click.option("--read-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds without a new frame before a live source counts as lost and is reopened.")  # fmt: skip
+@click.option("--reconnects", type=click.IntRange(0), default=5, show_default=True,
+              help="Reconnect attempts (capped exponential backoff) before giving up with exit 5.")  # fmt: skip
+@runtime_options
+def run(model, source, show, serve, token, insecure, record, events, stats_path, max_frames, open_timeout,
+        read_timeout, reconnects, precision, device, allow_fallback, threads):  # fmt: skip
+    """The live loop: frames from SOURCE -> MODEL -> window, MJPEG view, recording, events.
+
+    Live sources drop old frames (newest wins) and reconnect with backoff; files are processed frame by frame
+    in order. Ctrl-C stops promptly, flushes the outputs and exits 130. At the end: frames in, processed and
+    dropped, per-stage latency p50/p95/p99 and frames per second.
+    """
+    from edge_runtime.pipeline import RunOptions, run_pipeline
+
+    opts = RunOptions(model=model, source=source, show=show, serve=serve, token=token, insecure=insecure,
+                      record=record, events=events, max_frames=max_frames, open_timeout=open_timeout,
+                      read_timeout=read_timeout, reconnects=reconnects, precision=precision, device=device,
+                      allow_fallback=allow_fallback, threads=threads)  # fmt: skip
+    stats = run_pipeline(opts)
+    _print_stats(stats, stats_path)
+    if stats.get("interrupted"):
+        raise KeyboardInterrupt
+    if stats.get("error"):
+        raise errors.BadDataError(stats["error"])
+
+
+def main() -> None:
+    cli(prog_name="edgeae")
+
+
+if __name__ == "__main__":
+    main()

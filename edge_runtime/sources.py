@@ -1,0 +1,731 @@
+"""Frames from cameras, streams, video files and images, behind one small protocol.
+
+``open_source(spec)`` returns a :class:`Source`; iterating it yields :class:`Frame` objects whose ``image`` is
+always ``(H, W, 3) uint8 BGR``, C-contiguous. Three families sit behind it:
+
+* **Live** (camera index, ``rtsp://``/``rtsps://``/``http://``/``https://`` URL): a capture thread reads
+  continuously into a one-slot buffer, newest frame wins. Timeouts are enforced here with monotonic deadlines,
+  never left to the backend, because a blocking ``read()`` inside OpenCV cannot be interrupted: a stuck capture
+  thread is abandoned (it is a daemon and releases its capture if the call ever returns) and a new one started.
+  A lost frame is never replaced by a blank one; the iterator just yields nothing until a real new frame comes.
+* **Video file**: a reader thread decodes into a bounded queue so decoding overlaps inference; every frame is
+  delivered in order. A truncated file ends after its last good frame with ``stats.truncated`` set.
+* **Images** (file, directory, glob): corrupt files are counted, named in ``stats.bad_files`` and skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globmod
+import itertools
+import math
+import os
+import re
+import threading
+import time
+import urllib.parse
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, Full, Queue
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.errors import BadDataError, SourceLostError, UsageError
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mjpg", ".mjpeg", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
+)
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+
+# Images above this are counted as bad before a byte is read: a folder of camera dumps should not be able to
+# exhaust an edge device's memory with one stray file.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
+MAX_IMAGE_SIDE = 16384
+# A container's frame count is an estimate for some formats (duration x fps); allow this much slack before
+# calling a video truncated.
+TRUNCATION_SLACK_FRAMES = 2
+# Every wait is sliced this fine so that close() from another thread and Ctrl-C in the main thread are seen.
+_WAIT_SLICE = 0.1
+# How long close() waits for a capture/reader thread to finish releasing its capture before giving up on it.
+_CLOSE_JOIN = 0.5
+
+CaptureFactory = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame as delivered by a source.
+
+    index: 0-based position in the source's own sequence: the frame number for video files, the position in the
+        sorted file list for images, the capture sequence number for live sources. Gaps mean frames that were
+        not delivered (live drops, skipped bad images).
+    timestamp: seconds; the video position for files, ``time.monotonic()`` at capture for live sources, the
+        index for images.
+    image: (H, W, 3) uint8 BGR, C-contiguous.
+    name: file name for images (relative to the folder or glob root), "" otherwise.
+    """
+
+    index: int
+    timestamp: float
+    image: np.ndarray
+    name: str = ""
+
+
+@dataclass
+class SourceStats:
+    """Counters a caller reports at the end of a run. Updated by the source's threads; read them after iterating."""
+
+    frames_read: int = 0  # frames obtained from the backend/disk (live: distinct frames captured)
+    frames_delivered: int = 0  # frames yielded to the consumer
+    frames_dropped: int = 0  # live: overwritten in the one-slot buffer before the consumer took them
+    frames_repeated: int = 0  # live: identical to the previous frame, not delivered again
+    frames_bad: int = 0  # images skipped as corrupt/unreadable/too large; frames of an unusable format
+    bad_files: list[str] = field(default_factory=list)
+    reconnects: int = 0  # reconnect attempts started after a loss
+    open_failures: int = 0  # attempts that failed to open or did not open in time
+    no_frame_events: int = 0  # read timeouts: opened, but no frame for read_timeout
+    stale_events: int = 0  # the same frame for stale_after
+    truncated: bool = False  # video: ended before the frame count its container claims, or nothing decodable
+    frames_expected: int | None = None  # video: frame count the container claims, when it claims one
+    last_error: str = ""
+
+
+class Source:
+    """Base of every source: iterate for frames, close when done (or use it as a context manager)."""
+
+    live: bool = False
+    description: str = ""
+    fps: float = 0.0  # as claimed by the container/backend; 0.0 when unknown
+
+    def __init__(self) -> None:
+        self.stats = SourceStats()
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop background threads and release the capture; returns within about a second."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description!r}>"
+
+
+def open_source(
+    spec: str | int | os.PathLike,
+    *,
+    open_timeout: float = 5.0,
+    read_timeout: float = 5.0,
+    stale_after: float = 5.0,
+    max_reconnects: int = 5,
+    backoff_initial: float = 0.5,
+    backoff_max: float = 8.0,
+    queue_size: int = 8,
+    capture_factory: CaptureFactory | None = None,
+) -> Source:
+    """Open a camera index, stream URL, video file, image file, image folder (recursive) or glob pattern.
+
+    ``capture_factory(spec)`` returns an object with ``isOpened() read() release() get(prop)`` like
+    ``cv2.VideoCapture``; it receives an ``int`` for cameras and a ``str`` otherwise. Live sources start
+    capturing in the background at once; errors in opening them surface while iterating (SourceLostError,
+    exit 5). Missing paths, unsupported files and videos that do not open raise BadDataError (exit 3) here.
+    """
+    _check_positive(open_timeout=open_timeout, read_timeout=read_timeout, stale_after=stale_after)
+    if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int) or max_reconnects < 0:
+        raise UsageError(f"max_reconnects must be an integer >= 0, got {max_reconnects!r}")
+    if not (backoff_initial >= 0 and backoff_max >= backoff_initial):
+        raise UsageError(f"backoff must satisfy 0 <= initial <= max, got {backoff_initial!r}, {backoff_max!r}")
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise UsageError(f"queue_size must be an integer >= 1, got {queue_size!r}")
+
+    live_kw = dict(
+        open_timeout=open_timeout,
+        read_timeout=read_timeout,
+        stale_after=stale_after,
+        max_reconnects=max_reconnects,
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+    )
+    factory = capture_factory or _default_capture_factory(open_timeout, read_timeout)
+
+    if isinstance(spec, bool):
+        raise UsageError(f"source {spec!r}: not a camera index, URL or path")
+    if isinstance(spec, int):
+        return _camera(spec, factory, live_kw)
+    spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise UsageError(f"source {spec!r}: not a camera index, URL or path")
+    if spec.strip().isdigit():
+        return _camera(int(spec.strip()), factory, live_kw)
+    lowered = spec.lower()
+    if lowered.startswith(URL_SCHEMES):
+        return LiveSource(spec, redact_url(spec), factory, **live_kw)
+    if re.match(r"^[a-z][a-z0-9+.-]*://", lowered):
+        raise BadDataError(f"{redact_url(spec)}: unsupported URL scheme (use rtsp, rtsps, http or https)")
+
+    path = Path(spec)
+    if path.is_dir():
+        files = _walk_images(path)
+        if not files:
+            raise BadDataError(f"{spec}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
+        return ImageSource(files, path, spec)
+    if path.exists():
+        ext = path.suffix.lower()
+        if ext in VIDEO_EXTENSIONS:
+            return VideoFileSource(spec, factory, queue_size=queue_size)
+        if ext in IMAGE_EXTENSIONS:
+            return ImageSource([path], path.parent, spec)
+        raise BadDataError(f"{spec}: unsupported file type {ext or '(no extension)'!r}")
+    if globmod.has_magic(spec):
+        files = _glob_images(spec)
+        if not files:
+            raise BadDataError(f"{spec}: no image files match this pattern")
+        return ImageSource(files, _glob_root(spec), spec)
+    raise BadDataError(f"{spec}: no such file or directory")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, so that messages and logs never carry credentials."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}"
+    with contextlib.suppress(ValueError):
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def to_bgr8(image: Any) -> np.ndarray | None:
+    """Any OpenCV frame as (H, W, 3) uint8 BGR, C-contiguous; None when it cannot be one.
+
+    Gray becomes three equal channels, alpha is dropped, 16-bit keeps its high byte (as ``IMREAD_COLOR`` does).
+    """
+    if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3):
+        return None
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        return None
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif image.shape[2] != 3:
+        return None
+    return np.ascontiguousarray(image)
+
+
+# --------------------------------------------------------------------------------------------------- live
+
+
+class LiveSource(Source):
+    """A camera or a stream: newest frame wins, reconnect with capped exponential backoff, SourceLostError at last.
+
+    Attempt accounting: the first open and every reconnect is an attempt; an attempt fails when it does not
+    open within ``open_timeout``, delivers no frame for ``read_timeout``, or only the same frame for
+    ``stale_after``. After ``max_reconnects`` consecutive failed reconnects SourceLostError is raised from the
+    iterator. A delivered new frame resets the count.
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        spec: Any,
+        description: str,
+        factory: CaptureFactory,
+        *,
+        open_timeout: float,
+        read_timeout: float,
+        stale_after: float,
+        max_reconnects: int,
+        backoff_initial: float,
+        backoff_max: float,
+    ) -> None:
+        super().__init__()
+        self.description = description
+        self._spec = spec
+        self._factory = factory
+        self._open_timeout = open_timeout
+        self._read_timeout = read_timeout
+        self._stale_after = stale_after
+        self._max_reconnects = max_reconnects
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+
+        self._cond = threading.Condition()
+        # Every capture thread carries the generation it was started for; bumping it abandons that thread,
+        # whose late results are then ignored. Guarded by _cond, like everything below.
+        self._gen = 0
+        self._state = "idle"  # opening | running | failed | idle
+        self._failure = ""
+        self._attempt_t0 = 0.0
+        self._last_any = 0.0  # monotonic time of the last frame of any kind (read timeout)
+        self._last_new = 0.0  # ... of the last frame that differed from the one before (staleness)
+        self._last_sig: tuple | None = None
+        self._slot: tuple[int, float, np.ndarray] | None = None
+        self._seq = 0
+        self._failures = 0
+        self._closed = False
+        self._lost: SourceLostError | None = None
+        self._thread: threading.Thread | None = None
+        with self._cond:
+            self._start_attempt()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            frame = self._next_frame()
+            if frame is None:
+                return
+            yield frame
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._gen += 1
+            self._slot = None
+            self._cond.notify_all()
+            thread = self._thread
+        # A thread stuck in read() is left behind: it releases its capture itself if the call ever returns.
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_CLOSE_JOIN)
+
+    # Called with _cond held.
+    def _start_attempt(self) -> None:
+        self._gen += 1
+        self._state = "opening"
+        self._failure = ""
+        now = time.monotonic()
+        self._attempt_t0 = self._last_any = self._last_new = now
+        self._thread = threading.Thread(
+            target=self._capture_loop, args=(self._gen,), name=f"edgeae-capture-{self._gen}", daemon=True
+        )
+        self._thread.start()
+
+    def _next_frame(self) -> Frame | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._lost is not None:
+                    raise self._lost
+                if self._slot is not None:
+                    index, stamp, image = self._slot
+                    self._slot = None
+                    self._failures = 0
+                    self.stats.frames_delivered += 1
+                    return Frame(index, stamp, image, "")
+                reason = self._check_attempt(time.monotonic())
+                if reason is None:
+                    self._cond.wait(_WAIT_SLICE)
+                else:
+                    self._lose(reason)
+
+    def _check_attempt(self, now: float) -> str | None:
+        if self._state == "failed":
+            return self._failure
+        if self._state == "opening" and now - self._attempt_t0 >= self._open_timeout:
+            self.stats.open_failures += 1
+            return f"did not open within {self._open_timeout:g} s"
+        if self._state == "running":
+            if now - self._last_any >= self._read_timeout:
+                self.stats.no_frame_events += 1
+                return f"no frame for {self._read_timeout:g} s"
+            if now - self._last_new >= self._stale_after:
+                self.stats.stale_events += 1
+                return f"the same frame repeated for {self._stale_after:g} s"
+        return None
+
+    def _lose(self, reason: str) -> None:
+        self._gen += 1  # abandon the current capture thread
+        self._state = "idle"
+        self._failures += 1
+        self.stats.last_error = reason
+        if self._failures > self._max_reconnects:
+            self._lost = SourceLostError(
+                f"{self.description}: {reason}; gave up after {self._max_reconnects} reconnect attempt(s)"
+            )
+            raise self._lost
+        delay = min(self._backoff_initial * 2 ** (self._failures - 1), self._backoff_max)
+        deadline = time.monotonic() + delay
+        while not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._cond.wait(min(left, _WAIT_SLICE))
+        if self._closed:
+            return
+        self.stats.reconnects += 1
+        self._start_attempt()
+
+    def _fail(self, gen: int, reason: str, *, kind: str) -> None:
+        with self._cond:
+            if gen != self._gen:
+                return
+            if kind == "open":
+                self.stats.open_failures += 1
+            elif kind == "timeout":
+                self.stats.no_frame_events += 1
+            self._state = "failed"
+            self._failure = reason
+            self._cond.notify_all()
+
+    def _capture_loop(self, gen: int) -> None:
+        cap = None
+        try:
+            try:
+                cap = self._factory(self._spec)
+                opened = bool(cap.isOpened())
+            except Exception as exc:  # backends raise cv2.error and worse for odd devices and URLs
+                self._fail(gen, f"could not open ({_one_line(exc)})", kind="open")
+                return
+            if not opened:
+                self._fail(gen, "could not open (no such device, unreachable, or refused)", kind="open")
+                return
+            with self._cond:
+                if gen != self._gen:
+                    return
+                self._state = "running"
+                self._last_any = self._last_new = time.monotonic()
+            self._read_loop(gen, cap)
+        finally:
+            if cap is not None:
+                with contextlib.suppress(Exception):
+                    cap.release()
+
+    def _read_loop(self, gen: int, cap: Any) -> None:
+        while True:
+            with self._cond:
+                if gen != self._gen:
+                    return
+            called = time.monotonic()
+            try:
+                ok, raw = cap.read()
+            except Exception as exc:
+                self._fail(gen, f"read failed ({_one_line(exc)})", kind="read")
+                return
+            now = time.monotonic()
+            if not ok or raw is None:
+                if now - called >= 0.9 * self._read_timeout:
+                    # The backend's own read timeout fired (FFmpeg honours ours): the same event as our deadline.
+                    self._fail(gen, f"no frame for {self._read_timeout:g} s", kind="timeout")
+                else:
+                    self._fail(gen, "the source stopped delivering frames", kind="read")
+                return
+            image = to_bgr8(raw)
+            sig = None if image is None else (image.shape, zlib.crc32(image))
+            with self._cond:
+                if gen != self._gen:
+                    return
+                self._last_any = now
+                if image is None:
+                    self.stats.frames_bad += 1
+                    continue
+                if sig == self._last_sig:
+                    self.stats.frames_repeated += 1
+                    continue
+                self._last_sig = sig
+                self._last_new = now
+                self.stats.frames_read += 1
+                if self._slot is not None:
+                    self.stats.frames_dropped += 1
+                self._slot = (self._seq, now, image)
+                self._seq += 1
+                self._cond.notify_all()
+
+
+def _camera(index: int, factory: CaptureFactory, live_kw: dict) -> LiveSource:
+    if index < 0:
+        raise UsageError(f"camera {index}: a camera index must be >= 0")
+    return LiveSource(index, f"camera {index}", factory, **live_kw)
+
+
+# --------------------------------------------------------------------------------------------------- video file
+
+_END = object()
+
+
+class VideoFileSource(Source):
+    """Every frame of a video file, in order; a reader thread decodes ahead into a bounded queue."""
+
+    live = False
+
+    def __init__(self, path: str, factory: CaptureFactory, *, queue_size: int = 8) -> None:
+        super().__init__()
+        self.description = path
+        try:
+            cap = factory(path)
+            opened = bool(cap.isOpened())
+        except Exception as exc:
+            raise BadDataError(f"{path}: cannot open as video ({_one_line(exc)})") from None
+        if not opened:
+            with contextlib.suppress(Exception):
+                cap.release()
+            raise BadDataError(f"{path}: cannot open as video (not a video, damaged header, or unsupported codec)")
+        self.fps = _finite_positive(_get(cap, cv2.CAP_PROP_FPS))
+        claimed = _finite_positive(_get(cap, cv2.CAP_PROP_FRAME_COUNT))
+        self.stats.frames_expected = int(round(claimed)) if claimed > 0 else None
+        self._cap = cap
+        self._queue: Queue = Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._reader, name="edgeae-video-reader", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=_WAIT_SLICE)
+            except Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    break
+                continue
+            if item is _END:
+                break
+            self.stats.frames_delivered += 1
+            yield item
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(_CLOSE_JOIN * 2)
+        # Free decoded frames held for a consumer that is gone.
+        with contextlib.suppress(Empty):
+            while True:
+                self._queue.get_nowait()
+
+    def _put(self, item: object) -> bool:
+        # Blocks while the queue is full (files lose no frames) but notices close() within a slice.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_WAIT_SLICE)
+                return True
+            except Full:
+                continue
+        return False
+
+    def _reader(self) -> None:
+        # One decoded frame is held back until the next one decodes: FFmpeg decodes a packet cut off by truncation
+        # partially and returns it as a good frame (measured: 3 of 6 cut points of an MJPG AVI gave a last frame
+        # with garbage), so in a truncated file the last decoded frame is suspect and withheld.
+        cap = self._cap
+        decoded = 0
+        held: Frame | None = None
+        prev_stamp: float | None = None
+        damaged = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    ok, raw = cap.read()
+                except cv2.error as exc:  # a damaged packet can surface as an exception instead of ok=False
+                    self.stats.last_error = f"decode failed at frame {decoded} ({_one_line(exc)})"
+                    damaged = True
+                    break
+                if not ok or raw is None:
+                    break
+                image = to_bgr8(raw)
+                if image is None:
+                    self.stats.frames_bad += 1
+                    self.stats.last_error = f"frame {decoded} has an unusable pixel format {raw.dtype} {raw.shape}"
+                    damaged = True
+                    break
+                stamp = _video_timestamp(_get(cap, cv2.CAP_PROP_POS_MSEC), decoded, self.fps, prev_stamp)
+                prev_stamp = stamp
+                self.stats.frames_read += 1
+                decoded += 1
+                if held is not None and not self._put(held):
+                    return
+                held = Frame(decoded - 1, stamp, image, "")
+            else:
+                return  # closed early: no verdict on truncation
+            expected = self.stats.frames_expected
+            if damaged or decoded == 0 or (expected is not None and expected - decoded > TRUNCATION_SLACK_FRAMES):
+                self.stats.truncated = True
+                if not self.stats.last_error:
+                    self.stats.last_error = f"ended after {decoded} of {expected or '?'} frames"
+                if held is not None:
+                    self.stats.last_error += f"; frame {held.index} withheld as possibly incomplete"
+            elif held is not None:
+                self._put(held)
+        except BaseException as exc:  # a bug, not bad data: hand it to the consumer instead of dying silently
+            self._error = exc
+        finally:
+            with contextlib.suppress(Exception):
+                cap.release()
+            self._put(_END)
+
+
+def _video_timestamp(pos_msec: float, index: int, fps: float, prev: float | None) -> float:
+    # Some containers report no or a stuck position; fall back to index/fps, and keep timestamps increasing.
+    if math.isfinite(pos_msec) and pos_msec >= 0 and (prev is None or pos_msec / 1000.0 > prev):
+        return pos_msec / 1000.0
+    if fps > 0 and (prev is None or index / fps > prev):
+        return index / fps
+    return 0.0 if prev is None else prev + 1e-3
+
+
+# --------------------------------------------------------------------------------------------------- images
+
+
+class ImageSource(Source):
+    """Images from a list of files; unreadable, corrupt or oversized ones are counted and skipped."""
+
+    live = False
+
+    def __init__(self, files: list[Path], root: Path, description: str) -> None:
+        super().__init__()
+        self.description = description
+        self.files = files
+        self._root = root
+        self._closed = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index, path in enumerate(self.files):
+            if self._closed:
+                return
+            name = self._name(path)
+            image, reason = _read_image(path)
+            if image is None:
+                self.stats.frames_bad += 1
+                self.stats.bad_files.append(name)
+                self.stats.last_error = f"{name}: {reason}"
+                continue
+            self.stats.frames_read += 1
+            self.stats.frames_delivered += 1
+            yield Frame(index, float(index), image, name)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _name(self, path: Path) -> str:
+        try:
+            return path.relative_to(self._root).as_posix()
+        except ValueError:
+            return path.name
+
+
+def _read_image(path: Path) -> tuple[np.ndarray | None, str]:
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None, "empty file"
+        if size > MAX_IMAGE_BYTES:
+            return None, f"{size} bytes is over the {MAX_IMAGE_BYTES} byte limit"
+        data = np.fromfile(path, np.uint8)  # not cv2.imread: this works with non-ASCII paths everywhere
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    try:
+        raw = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        return None, f"cannot decode ({_one_line(exc)})"
+    if raw is None:
+        return None, "not a decodable image"
+    if max(raw.shape[:2]) > MAX_IMAGE_SIDE:
+        return None, f"{raw.shape[1]}x{raw.shape[0]} is over the {MAX_IMAGE_SIDE} pixel side limit"
+    image = to_bgr8(raw)
+    if image is None:
+        return None, f"unsupported pixel format {raw.dtype} {raw.shape}"
+    return image, ""
+
+
+def _natural_key(text: str) -> list:
+    # frame_2 before frame_10: image sequences are numbered without padding more often than with.
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+
+
+def _walk_images(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        # Hidden folders and files (.thumbnails, macOS ._ resource forks) are never frames.
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(folder) / name)
+    return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+
+
+def _glob_images(pattern: str) -> list[Path]:
+    paths = [Path(p) for p in globmod.glob(pattern, recursive=True)]
+    return sorted(
+        (p for p in paths if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        key=lambda p: _natural_key(p.as_posix()),
+    )
+
+
+def _glob_root(pattern: str) -> Path:
+    # Names of globbed images are relative to the folder before the first wildcard, so that a/x.png and
+    # b/x.png stay distinct.
+    fixed = list(itertools.takewhile(lambda part: not globmod.has_magic(part), Path(pattern).parts[:-1]))
+    return Path(*fixed) if fixed else Path(".")
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _default_capture_factory(open_timeout: float, read_timeout: float) -> CaptureFactory:
+    def factory(spec: Any) -> Any:
+        if isinstance(spec, int):
+            cap = cv2.VideoCapture(spec)
+            # Backends that do not know the property just return False; the capture thread's deadline rules.
+            with contextlib.suppress(cv2.error):
+                cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_timeout * 1000.0)
+            return cap
+        if spec.lower().startswith(URL_SCHEMES):
+            # FFMPEG honours both (measured with http://); our own deadlines still apply on top.
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                max(1, int(open_timeout * 1000)),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                max(1, int(read_timeout * 1000)),
+            ]
+            return cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
+        # Files go to FFMPEG directly, so that no other backend reinterprets a name like img_%02d.png.
+        return cv2.VideoCapture(spec, cv2.CAP_FFMPEG)
+
+    return factory
+
+
+def _get(cap: Any, prop: int) -> float:
+    try:
+        return float(cap.get(prop))
+    except Exception:
+        return -1.0
+
+
+def _finite_positive(value: float) -> float:
+    # OpenCV reports "unknown" as -1, 0 or -2**63 depending on backend and container.
+    return value if math.isfinite(value) and 0 < value < 1e12 else 0.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise UsageError(f"{name} must be a number > 0, got {value!r}")

@@ -1,0 +1,102 @@
+"""Denoising in the runtime: tiling without seams, folders and videos, bad inputs."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_runtime import errors
+from edge_runtime.cli import cli
+from edge_runtime.denoise import Denoiser, denoise_source, denoise_tiled, tile_starts
+
+
+def _blur(tile: np.ndarray) -> np.ndarray:
+    # A model whose output depends on context: near a tile's border it sees reflected padding, not the image.
+    return cv2.GaussianBlur(tile, (0, 0), 3.0, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _texture(h, w, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (h // 8, w // 8, c), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def test_tiles_cover_the_frame_with_overlap():
+    for size, tile in [(100, 64), (1080, 512), (64, 64), (513, 256)]:
+        starts = tile_starts(size, tile, 32, 8)
+        assert starts[0] == 0 and starts[-1] + min(tile, size) == size
+        for a, b in zip(starts, starts[1:]):
+            assert b - a <= tile - 32  # neighbours share at least the overlap
+
+
+def test_blended_tiles_show_no_seams():
+    frame = _texture(200, 264)
+    whole = _blur(frame).astype(np.int16)
+    blended = denoise_tiled(_blur, frame, tile=96, overlap=32, multiple=8).astype(np.int16)
+    # Naive tiling (no overlap) shows the tile borders; the blended result stays close to the whole-frame result.
+    naive = np.zeros_like(frame)
+    for y in range(0, 200, 96):
+        for x in range(0, 264, 96):
+            naive[y : y + 96, x : x + 96] = _blur(np.ascontiguousarray(frame[y : y + 96, x : x + 96]))
+    err_blend = np.abs(blended - whole)
+    err_naive = np.abs(naive.astype(np.int16) - whole)
+    assert err_naive.max() > 4 * max(1, err_blend.max())
+    assert err_blend.max() <= 3
+
+
+def test_small_frames_are_not_tiled(make_bundle):
+    den = Denoiser(make_bundle(("denoise",)), tile=1024)
+    frame = _texture(48, 72)
+    assert np.array_equal(den.denoise(frame), frame)
+
+
+def test_tiled_identity_model_is_exact(make_bundle):
+    den = Denoiser(make_bundle(("denoise",)), tile=64, overlap=16)
+    frame = _texture(150, 210)
+    assert np.array_equal(den.denoise(frame), frame)
+
+
+def test_folder_with_a_corrupt_image_writes_the_rest_and_exits_3(make_bundle, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"img{i}.png"), _texture(32, 48, seed=i))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["denoise", str(make_bundle(("denoise",))), str(src), "-o", str(out)])
+    assert res.exit_code == errors.BAD_DATA, res.output
+    assert "1 input(s) could not be read" in res.stderr and "broken.png" in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "img2.png"]
+    assert np.array_equal(cv2.imread(str(out / "img1.png")), _texture(32, 48, seed=1))
+
+
+def test_video_in_video_out_keeps_every_frame(make_bundle, tmp_path):
+    path = tmp_path / "in.mkv"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10, (64, 48))
+    frames = [_texture(48, 64, seed=i) for i in range(7)]
+    for f in frames:
+        w.write(f)
+    w.release()
+    stats = denoise_source(make_bundle(("denoise",)), str(path), str(tmp_path / "out.mkv"))
+    assert stats["frames_processed"] == 7 and "error" not in stats
+    cap = cv2.VideoCapture(str(tmp_path / "out.mkv"))
+    got = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        got.append(f)
+    assert len(got) == 7
+    assert np.array_equal(got[3], frames[3])  # lossless container, identity model
+
+
+def test_an_image_output_refuses_several_frames_and_leaves_nothing(make_bundle, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(src / f"{i}.png"), _texture(32, 32, seed=i))
+    with pytest.raises(errors.BadDataError, match="one frame"):
+        denoise_source(make_bundle(("denoise",)), str(src), str(tmp_path / "o.png"))
+    # The first frame was written atomically before the second was refused; no temp file remains.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
