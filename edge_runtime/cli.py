@@ -293,6 +293,9 @@ def run(model, source, show, serve, token, insecure, record, events, stats_path,
 
 
 def main() -> None:
+    # FFmpeg and OpenCV print decoder chatter ("overread 8", stream timeouts) that would bury the one-line errors.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cli(prog_name="edgeae")
 
 

@@ -21,6 +21,7 @@ import itertools
 import math
 import os
 import re
+import stat
 import threading
 import time
 import urllib.parse
@@ -80,7 +81,7 @@ class Frame:
 class SourceStats:
     """Counters a caller reports at the end of a run. Updated by the source's threads; read them after iterating."""
 
-    frames_read: int = 0  # frames obtained from the backend/disk (live: distinct frames captured)
+    frames_read: int = 0  # good frames the source produced (live: distinct frames captured, dropped ones included)
     frames_delivered: int = 0  # frames yielded to the consumer
     frames_dropped: int = 0  # live: overwritten in the one-slot buffer before the consumer took them
     frames_repeated: int = 0  # live: identical to the previous frame, not delivered again
@@ -133,12 +134,13 @@ def open_source(
     queue_size: int = 8,
     capture_factory: CaptureFactory | None = None,
 ) -> Source:
-    """Open a camera index, stream URL, video file, image file, image folder (recursive) or glob pattern.
+    """Open a camera, stream URL, video file, image file, image folder (recursive) or glob pattern.
 
-    ``capture_factory(spec)`` returns an object with ``isOpened() read() release() get(prop)`` like
-    ``cv2.VideoCapture``; it receives an ``int`` for cameras and a ``str`` otherwise. Live sources start
-    capturing in the background at once; errors in opening them surface while iterating (SourceLostError,
-    exit 5). Missing paths, unsupported files and videos that do not open raise BadDataError (exit 3) here.
+    Cameras are an index (``0``, ``"0"``) or a device path (``/dev/video0``). ``capture_factory(spec)``
+    returns an object with ``isOpened() read() release() get(prop)`` like ``cv2.VideoCapture``; it receives an
+    ``int`` for camera indexes and a ``str`` otherwise. Live sources start capturing in the background at once;
+    errors in opening them surface while iterating (SourceLostError, exit 5). Missing paths, unsupported files
+    and videos that do not open raise BadDataError (exit 3) here; bad options raise UsageError (exit 2).
     """
     _check_positive(open_timeout=open_timeout, read_timeout=read_timeout, stale_after=stale_after)
     if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int) or max_reconnects < 0:
@@ -174,6 +176,9 @@ def open_source(
         raise BadDataError(f"{redact_url(spec)}: unsupported URL scheme (use rtsp, rtsps, http or https)")
 
     path = Path(spec)
+    with contextlib.suppress(OSError):
+        if stat.S_ISCHR(path.stat().st_mode):  # /dev/video0 and friends: a camera by device path
+            return LiveSource(spec, f"camera {spec}", factory, **live_kw)
     if path.is_dir():
         files = _walk_images(path)
         if not files:
@@ -527,6 +532,10 @@ class VideoFileSource(Source):
                 continue
         return False
 
+    def _put_frame(self, frame: Frame) -> bool:
+        self.stats.frames_read += 1  # counts good frames only: a withheld suspect frame is not one
+        return self._put(frame)
+
     def _reader(self) -> None:
         # One decoded frame is held back until the next one decodes: FFmpeg decodes a packet cut off by truncation
         # partially and returns it as a good frame (measured: 3 of 6 cut points of an MJPG AVI gave a last frame
@@ -554,9 +563,8 @@ class VideoFileSource(Source):
                     break
                 stamp = _video_timestamp(_get(cap, cv2.CAP_PROP_POS_MSEC), decoded, self.fps, prev_stamp)
                 prev_stamp = stamp
-                self.stats.frames_read += 1
                 decoded += 1
-                if held is not None and not self._put(held):
+                if held is not None and not self._put_frame(held):
                     return
                 held = Frame(decoded - 1, stamp, image, "")
             else:
@@ -569,7 +577,7 @@ class VideoFileSource(Source):
                 if held is not None:
                     self.stats.last_error += f"; frame {held.index} withheld as possibly incomplete"
             elif held is not None:
-                self._put(held)
+                self._put_frame(held)
         except BaseException as exc:  # a bug, not bad data: hand it to the consumer instead of dying silently
             self._error = exc
         finally:
@@ -687,8 +695,8 @@ def _glob_root(pattern: str) -> Path:
 
 def _default_capture_factory(open_timeout: float, read_timeout: float) -> CaptureFactory:
     def factory(spec: Any) -> Any:
-        if isinstance(spec, int):
-            cap = cv2.VideoCapture(spec)
+        if isinstance(spec, int) or spec.startswith("/dev/"):
+            cap = cv2.VideoCapture(spec)  # any backend: V4L2 on Linux (FFMPEG here lacks libavdevice)
             # Backends that do not know the property just return False; the capture thread's deadline rules.
             with contextlib.suppress(cv2.error):
                 cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_timeout * 1000.0)
