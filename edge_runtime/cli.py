@@ -24,6 +24,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export.cli", "export", "Export a training run to an ONNX model bundle: FP32, FP16, INT8 (edgeae[train])."),
     "bench": ("benchmarks.cli", "bench", "Measure latency and quality against PyTorch, OpenCV and other runtimes."),
     "demo": ("benchmarks.demo", "demo", "Run every task on a synthetic camera video with the default models."),
+    # embed imports runtime_options from this module, so it is loaded lazily like the others.
+    "embed": ("edge_runtime.embed", "embed", "Embed frames as latent vectors (.npy + index); --plot draws a PCA map."),
+    "similar": ("edge_runtime.embed", "similar", "Nearest frames of an embedding file by cosine similarity."),
 }
 TORCH_SIDE = {"torch", "onnx", "onnxscript", "safetensors", "onnxruntime.quantization"}
 DEVICES = ["auto", "cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack"]
