@@ -35,7 +35,8 @@ bench: $(STAMP)
 
 # Reproduce the default models (hours on 2 CPU cores; minutes on one GPU with --parallel --minutes 8).
 models: $(STAMP)
-	$(PY) -m training.defaults --data $(DATA) --out runs
+	$(PY) -m training.defaults --data $(DATA) --out runs --stage 1
+	$(PY) -m training.defaults --data $(DATA) --out runs --stage 2
 	$(PY) -m export.defaults --runs runs --out models
 
 arm-check: $(STAMP)

@@ -31,6 +31,13 @@ RECIPES: dict[str, dict] = {
     },
 }  # fmt: skip
 
+# Stage 2: fine-tuning from stage 1's best weights at a lower learning rate (what the committed models got on
+# the GPU: 3.6 more minutes each, 5 jobs at once).
+FINETUNE: dict[str, dict] = {
+    **{f"compress-q{q}": dict(lr=2e-4, steps=12000, seed=1, val_every=500) for q in (1, 2, 3, 4)},
+    "denoise-color": dict(lr=3e-4, steps=15000, seed=1, val_every=500),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,13 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=1,
+                    help="1: train from scratch; 2: fine-tune FINETUNE recipes from OUT/NAME-stage1/best.safetensors")
     args = ap.parse_args(argv)
-    names = args.only or list(RECIPES)
+    names = args.only or (list(RECIPES) if args.stage == 1 else list(FINETUNE))
     procs = []
     for name in names:
         r = dict(RECIPES[name])
         r["data"] = r["data"].format(data=args.data)
         r.update(out=str(Path(args.out) / name), device=args.device, seed=args.seed, threads=args.threads)
+        if args.stage == 2:
+            r.update(FINETUNE[name], init=str(Path(args.out) / f"{name}-stage1" / "best.safetensors"))
+        elif name in FINETUNE:
+            r["out"] = str(Path(args.out) / f"{name}-stage1")
         if args.minutes:
             r["minutes"] = args.minutes
         code = ("import json,sys; from training.train import TrainConfig, train; "
