@@ -177,6 +177,8 @@ def _resume_options(out: Path, given: dict) -> dict:
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="PyTorch CPU threads (default: PyTorch's choice)."
 )
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from these weights (a run's best.safetensors): fine-tuning, not a resume.")  # fmt: skip
 @click.option(
     "--collapse",
     type=click.Choice(["warn", "stop", "off"]),

@@ -117,8 +117,11 @@ def load_dataset(spec: str | Path, channels: int, *, video_stride: int = 10) -> 
     """
     if "," in str(spec):
         parts = [load_dataset(p, channels, video_stride=video_stride) for p in str(spec).split(",") if p]
-        return Dataset([n for d in parts for n in d.names], [im for d in parts for im in d.images],
-                       [s for d in parts for s in d.skipped])
+        return Dataset(
+            [n for d in parts for n in d.names],
+            [im for d in parts for im in d.images],
+            [s for d in parts for s in d.skipped],
+        )
     if str(spec) == "samples":
         return skimage_images(channels)
     if str(spec) == "textures":

@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stage", type=int, choices=(1, 2), default=1,
-                    help="1: train from scratch; 2: fine-tune FINETUNE recipes from OUT/NAME-stage1/best.safetensors")
+    ap.add_argument(
+        "--stage",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: train from scratch; 2: fine-tune FINETUNE recipes from OUT/NAME-stage1/best.safetensors",
+    )
     args = ap.parse_args(argv)
     names = args.only or (list(RECIPES) if args.stage == 1 else list(FINETUNE))
     procs = []

@@ -16,7 +16,10 @@ def latent_health(latents: torch.Tensor) -> dict[str, float]:
     per_channel_var = z.var(dim=(0, 2, 3), unbiased=False)
     pooled = z.mean(dim=(2, 3))
     pooled = pooled - pooled.mean(dim=0, keepdim=True)
-    if pooled.shape[0] < 2 or float(pooled.abs().max()) == 0.0:
+    # Identical pooled vectors leave only float rounding after centring (not exact zeros): the "rank" of that
+    # noise means nothing, so spread below a relative tolerance of the latents' magnitude counts as none.
+    scale = float(z.abs().max()) if z.numel() else 0.0
+    if pooled.shape[0] < 2 or float(pooled.abs().max()) <= 1e-5 * scale:
         erank = 0.0
     else:
         s = torch.linalg.svdvals(pooled.double())

@@ -17,7 +17,9 @@ def quantize8(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
 
 
-def gaussian(clean: torch.Tensor, gen: torch.Generator, max_sigma: float = MAX_SIGMA) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian(
+    clean: torch.Tensor, gen: torch.Generator, max_sigma: float = MAX_SIGMA
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image sigma uniform in [0, max_sigma] (8-bit units). Returns (noisy, sigma/255 per image)."""
     n = clean.shape[0]
     sigma = torch.rand(n, 1, 1, 1, generator=gen, device=clean.device) * (max_sigma / 255.0)

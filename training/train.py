@@ -57,6 +57,7 @@ class TrainConfig:
     jpeg_fraction: float = 0.1  # denoise: share of samples with JPEG artefacts instead of sensor noise
     val_images: int = 16
     threads: int | None = None  # torch intra-op threads (None: PyTorch's default)
+    init: str | None = None  # safetensors weights to start from (fine-tuning); not a resume
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -126,7 +127,7 @@ class DenoiseTask:
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict:
         vals = []
-        for clean, noisy in zip(self.val, self.val_noisy):
+        for clean, noisy in zip(self.val, self.val_noisy, strict=True):
             out = model(to_tensor(noisy[None], self.device))
             vals.append(psnr(from_tensor(out.float()), clean))
         return {"psnr": float(np.mean(vals)) if vals else float("nan")}
@@ -196,7 +197,7 @@ class AnomalyTask:
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict:
         scores, lat, pix_s, pix_l = [], [], [], []
-        for img, mask in zip(self.val, self.val_masks):
+        for img, mask in zip(self.val, self.val_masks, strict=True):
             x = to_tensor(img[None], self.device)
             recon, feat = model(x)
             amap = anomaly_map(x, recon.float(), self.model_cfg.ssim_window)
@@ -228,11 +229,12 @@ class _State:
     rollbacks: int = 0
     elapsed: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    rng: dict = field(default_factory=dict)  # numpy generator states at the checkpoint (exact resume)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
-    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
+    for pid, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             out[f"{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     return out
@@ -246,6 +248,33 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
         state.setdefault(int(pid), {})[name] = v
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+def _rng_state(sampler: PatchSampler, task) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The random streams the loop draws from: numpy states (JSON) and torch states (tensors)."""
+    np_states = {"sampler": sampler.rng.bit_generator.state}
+    if isinstance(getattr(task, "rng", None), np.random.Generator):
+        np_states["task"] = task.rng.bit_generator.state
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if isinstance(getattr(task, "gen", None), torch.Generator):
+        tensors["task_gen"] = task.gen.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    return np_states, tensors
+
+
+def _restore_rng(sampler: PatchSampler, task, np_states: dict, tensors: dict[str, torch.Tensor]) -> bool:
+    if "sampler" not in np_states or "torch_cpu" not in tensors:
+        return False
+    sampler.rng.bit_generator.state = np_states["sampler"]
+    if "task" in np_states and isinstance(getattr(task, "rng", None), np.random.Generator):
+        task.rng.bit_generator.state = np_states["task"]
+    torch.set_rng_state(tensors["torch_cpu"])
+    if "task_gen" in tensors and isinstance(getattr(task, "gen", None), torch.Generator):
+        task.gen.set_state(tensors["task_gen"])
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
+    return True
 
 
 def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
@@ -293,13 +322,19 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     st = _State()
+    if cfg.init:
+        model.load_state_dict(load_file(cfg.init))
     if (out / "state.json").is_file() and (out / "last.safetensors").is_file():
         saved = json.loads((out / "state.json").read_text())
         st = _State(**{k: v for k, v in saved.items() if k in _State.__dataclass_fields__})
         model.load_state_dict(load_file(str(out / "last.safetensors")))
         if (out / "optim.safetensors").is_file():
             _load_optimizer(opt, {k: v.to(device) for k, v in load_file(str(out / "optim.safetensors")).items()})
-        sampler.rng = np.random.default_rng([cfg.seed, st.step, rank])
+        # Rank 0 saved its random streams with the checkpoint: restoring them makes an interrupted and resumed
+        # run identical to an uninterrupted one. Other ranks (and older runs) draw a fresh sampler stream.
+        rng_file = out / "rng.safetensors"
+        if not (rank == 0 and rng_file.is_file() and _restore_rng(sampler, task, st.rng, load_file(str(rng_file)))):
+            sampler.rng = np.random.default_rng([cfg.seed, st.step, rank])
     ddp_model = model
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model)
@@ -347,6 +382,8 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
         st.step, st.elapsed = step, time.monotonic() - t0
         save_weights(model, out / "last.safetensors")
         save_tensors(_optimizer_tensors(opt), out / "optim.safetensors")
+        st.rng, rng_tensors = _rng_state(sampler, task)
+        save_tensors(rng_tensors, out / "rng.safetensors")
         write_json(out / "state.json", asdict(st))
         with open(log_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
@@ -376,7 +413,14 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
             loss, extra = task.loss(ddp_model, batch)
         if loss_hook is not None:
             loss = loss_hook(step, loss)
-        if not torch.isfinite(loss):
+        bad = not bool(torch.isfinite(loss.detach()))
+        if world > 1:  # every rank rolls back together, or the others would wait forever in the all-reduce
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if bad else 0.0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag.item() > 0
+        if bad:
             st.rollbacks += 1
             msg = f"non-finite loss at step {step}: rolled back and halved the learning rate"
             if st.rollbacks > cfg.max_rollbacks:
@@ -388,8 +432,9 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
             opt.load_state_dict(snapshot[1])
             st.lr_scale *= 0.5
             st.warnings.append(msg)
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps({"step": step, "kind": "rollback", "lr_scale": st.lr_scale}) + "\n")
+            if rank == 0:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps({"step": step, "kind": "rollback", "lr_scale": st.lr_scale}) + "\n")
             if bar is not None:
                 bar.write(f"warning: {msg}")
             step += 1
@@ -412,8 +457,10 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
                 fh.write(json.dumps(rec) + "\n")
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.4g}", img_s=f"{rate:.0f}")
-        if rank == 0 and step % cfg.val_every == 0:
-            last_metrics = evaluate_and_save(step)
+        if step % cfg.val_every == 0:
+            if rank == 0:
+                last_metrics = evaluate_and_save(step)
+            # every rank keeps the same rollback point (the replicas are identical under DDP)
             snapshot = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     if bar is not None:
         bar.close()
