@@ -227,14 +227,14 @@ def compress(model, input, output, quality, precision, device, allow_fallback, t
     from edge_runtime.codec import compress as run_compress
 
     stats = run_compress(model, input, output, quality=quality, precision=precision, device=device,
-                         threads=threads, progress=True)  # fmt: skip
+                         threads=threads, allow_fallback=allow_fallback, progress=True)  # fmt: skip
     click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
 
 
 @cli.command()
 @click.argument("stream", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(),
-              help="Image (one frame), folder of PNGs, or video (.mp4/.avi), by extension.")  # fmt: skip
+              help="Image (one frame), folder of PNGs, or video (.mp4/.avi, .mkv lossless), by extension.")  # fmt: skip
 @click.option("--model", type=click.Path(), default=None, help="The decoder bundle (default: look it up by id).")
 @click.option("--models-dir", type=click.Path(), default="models", show_default=True,
               help="Where to look for the bundle whose decoder matches the stream's model id.")  # fmt: skip
@@ -249,7 +249,8 @@ def decompress(stream, output, model, models_dir, frame, precision, device, allo
     from edge_runtime.codec import decompress as run_decompress
 
     stats = run_decompress(stream, output, model=model, models_dir=models_dir, precision=precision,
-                           device=device, threads=threads, frame=frame, progress=True)  # fmt: skip
+                           device=device, threads=threads, allow_fallback=allow_fallback, frame=frame,
+                           progress=True)  # fmt: skip
     click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
 
 
