@@ -82,17 +82,24 @@ def _read_video(path: Path) -> list[np.ndarray]:
     return frames
 
 
-def run_demo(out: Path, models: Path, frames: int = 48, precision: str = "int8", threads: int | None = None) -> dict:
+def run_demo(
+    out: Path,
+    models: Path,
+    frames: int = 48,
+    precision: str = "int8",
+    threads: int | None = None,
+    size: tuple[int, int] = SIZE,
+) -> dict:
     from edge_runtime.model import load_bundle
 
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
     photos = _photos()
-    clean = camera_clip(photos[0], frames, rng)
+    clean = camera_clip(photos[0], frames, rng, size=size)
     noisy = [np.clip(np.round(f + rng.normal(0, 15, f.shape)), 0, 255).astype(np.uint8) for f in clean]
     src = out / "input.mkv"  # lossless, so the noise the model sees is the noise we added
     _write_video(src, noisy)
-    summary: dict = {"frames": frames, "size": list(SIZE), "precision": precision, "tasks": {}}
+    summary: dict = {"frames": frames, "size": list(size), "precision": precision, "tasks": {}}
     rows = []
 
     def prec(bundle_dir: Path, graph: str) -> str:
@@ -106,8 +113,8 @@ def run_demo(out: Path, models: Path, frames: int = 48, precision: str = "int8",
         p = prec(den_model, "denoise")
         st = denoise_source(den_model, src, out / "denoised.mkv", precision=p, threads=threads)
         den = _read_video(out / "denoised.mkv")
-        gain = float(np.mean([_psnr(d, c) for d, c in zip(den, clean)]) - np.mean(
-            [_psnr(n, c) for n, c in zip(noisy, clean)]))  # fmt: skip
+        gain = float(np.mean([_psnr(d, c) for d, c in zip(den, clean, strict=False)]) - np.mean(
+            [_psnr(n, c) for n, c in zip(noisy, clean, strict=False)]))  # fmt: skip
         write_image(out / "denoise_compare.png", np.hstack([noisy[frames // 2], den[frames // 2]]))
         summary["tasks"]["denoise"] = {"model": str(den_model), "precision": p, "psnr_gain_db": round(gain, 2),
                                        "fps": st["fps"], "stages": st["stages"]}  # fmt: skip
@@ -124,12 +131,14 @@ def run_demo(out: Path, models: Path, frames: int = 48, precision: str = "int8",
         st2 = decompress(out / "video.eae", out / "decoded.mkv", model=model, precision=prec(model, "decoder"),
                          threads=threads, progress=False)  # fmt: skip
         dec = _read_video(out / "decoded.mkv")
-        bpp = 8 * (out / "video.eae").stat().st_size / (frames * SIZE[0] * SIZE[1])
-        psnr = float(np.mean([_psnr(d, c) for d, c in zip(dec, clean)]))
+        bpp = 8 * (out / "video.eae").stat().st_size / (frames * size[0] * size[1])
+        psnr = float(np.mean([_psnr(d, c) for d, c in zip(dec, clean, strict=False)]))
         ok, jpg = cv2.imencode(".jpg", clean[0], [cv2.IMWRITE_JPEG_QUALITY, 50])
-        summary["tasks"]["compress"] = {"model": str(model), "precision": p, "bpp": round(bpp, 4),
-                                        "psnr_db": round(psnr, 2), "jpeg_q50_bpp_frame0": round(8 * len(jpg) / (SIZE[0] * SIZE[1]), 4),
-                                        "encode": st.get("stages"), "decode": st2.get("stages")}  # fmt: skip
+        jpeg_bpp = 8 * len(jpg) / (size[0] * size[1])
+        summary["tasks"]["compress"] = {
+            "model": str(model), "precision": p, "bpp": round(bpp, 4), "psnr_db": round(psnr, 2),
+            "jpeg_q50_bpp_frame0": round(jpeg_bpp, 4), "encode": st.get("stages"), "decode": st2.get("stages"),
+        }  # fmt: skip
         rows.append(("compress", p, st.get("stages") or {}))
         rows.append(("decompress", p, st2.get("stages") or {}))
     # Anomaly: calibrate a copy of the generic model on a fixed camera, then score frames with pasted defects.
@@ -142,11 +151,11 @@ def run_demo(out: Path, models: Path, frames: int = 48, precision: str = "int8",
         if local.exists():
             shutil.rmtree(local)
         shutil.copytree(ano_model, local)
-        scene = cv2.resize(photos[1], SIZE)
-        normal = camera_clip(scene, 40, rng, move=False, noise_sigma=3)
+        scene = cv2.resize(photos[1], size)
+        normal = camera_clip(scene, 40, rng, size=size, move=False, noise_sigma=3)
         p = prec(local, "anomaly")
         calibrate(local, iter(normal), n=len(normal), precision=p, threads=threads)
-        test = camera_clip(scene, 24, rng, move=False, noise_sigma=3)
+        test = camera_clip(scene, 24, rng, size=size, move=False, noise_sigma=3)
         labels = []
         for i in range(len(test)):
             if i % 2:

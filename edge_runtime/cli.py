@@ -21,7 +21,11 @@ from edge_runtime import errors
 # name -> (module, attribute, one-line help shown by `edgeae --help` without importing the module)
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training.cli", "train", "Train a denoising, compression or anomaly autoencoder (needs edgeae[train])."),
-    "export": ("export.cli", "export", "Export a training run to an ONNX model bundle: FP32, FP16, INT8 (edgeae[train])."),
+    "export": (
+        "export.cli",
+        "export",
+        "Export a training run to an ONNX model bundle: FP32, FP16, INT8 (edgeae[train]).",
+    ),
     "bench": ("benchmarks.cli", "bench", "Measure latency and quality against PyTorch, OpenCV and other runtimes."),
     "demo": ("benchmarks.demo", "demo", "Run every task on a synthetic camera video with the default models."),
     # embed imports runtime_options from this module, so it is loaded lazily like the others.

@@ -42,6 +42,7 @@ from .io import atomic_path, atomic_write_bytes
 from .model import MANIFEST_NAME, MAX_MANIFEST_BYTES, PRECISIONS, Bundle, load_bundle, open_graph, read_model_bytes
 from .session import RuntimeGraph
 from .sources import open_source
+from .stats import StageClock
 
 # The whole stream is read into memory; anything larger is refused before a byte is read.
 MAX_STREAM_BYTES = 2 * 1024**3
@@ -486,6 +487,7 @@ def compress(
     bundle = _resolve_compress_model(model, quality)
     encoder = Encoder(bundle, precision=precision, device=device, threads=threads, allow_fallback=allow_fallback)
     spent = {"read": 0.0, "inference": 0.0, "entropy": 0.0, "write": 0.0}
+    clock = StageClock()  # per-frame samples for p50/p95/p99; ``spent`` keeps the totals
     pixels = 0
     bpp_sum = 0.0
     refused: list[str] = []
@@ -517,6 +519,10 @@ def compress(
                 spent["inference"] += t2 - t1
                 spent["entropy"] += t3 - t2
                 spent["write"] += t4 - t3
+                clock.add("capture", (t1 - t0) * 1000)
+                clock.add("inference", (t2 - t1) * 1000)
+                clock.add("entropy", (t3 - t2) * 1000)
+                clock.add("write", (t4 - t3) * 1000)
                 pixels += height * width
                 bpp_sum += 8.0 * (bitstream.RECORD_OVERHEAD + len(rec.payload)) / (height * width)
                 bar.update(writer.frame_count)
@@ -551,6 +557,7 @@ def compress(
         "truncated": source.stats.truncated,
         "ms": {k: _ms(v, count) for k, v in spent.items()},
         "ms_total": {k: round(1000.0 * v, 3) for k, v in spent.items()},
+        "stages": clock.summary(),
     }
     problems = []
     if source.stats.frames_bad:
@@ -748,6 +755,7 @@ def decompress(
         except BadDataError as exc:
             raise BadDataError(f"{where}: frame {i}: {exc}") from None
     spent = {"entropy": 0.0, "inference": 0.0, "write": 0.0}
+    clock = StageClock()
     bar = _Progress(progress, f"decompress {out.name}")
 
     def frames() -> Iterator[tuple[int, np.ndarray]]:
@@ -761,6 +769,8 @@ def decompress(
             t2 = time.perf_counter()
             spent["entropy"] += t1 - t0
             spent["inference"] += t2 - t1
+            clock.add("entropy", (t1 - t0) * 1000)
+            clock.add("inference", (t2 - t1) * 1000)
             yield i, image
 
     try:
@@ -796,6 +806,7 @@ def decompress(
         "video_size": video_size,
         "ms": {k: _ms(v, count) for k, v in spent.items()},
         "ms_total": {k: round(1000.0 * v, 3) for k, v in spent.items()},
+        "stages": clock.summary(),
         "seconds": round(time.perf_counter() - t_start, 3),
     }
 

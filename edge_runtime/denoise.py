@@ -134,5 +134,3 @@ def denoise_source(model, input_spec, output, *, tile: int = 1024, precision: st
     elif stats.truncated:
         result["error"] = f"{input_spec}: video ended early after {n} good frames; they were written to {output}"
     return result
-
-

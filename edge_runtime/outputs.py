@@ -109,7 +109,7 @@ class FolderSink:
 
 
 def output_kind(output: str | os.PathLike, n_frames_hint: int | None = None) -> str:
-    """"image", "video" or "folder" by the output path's extension (a path without one is a folder)."""
+    """ "image", "video" or "folder" by the output path's extension (a path without one is a folder)."""
     ext = Path(output).suffix.lower()
     if ext in IMAGE_EXTS:
         return "image"

@@ -121,8 +121,11 @@ class _Task:
         rec, decoded = result
         bpp = 8 * len(rec.payload) / (rec.height * rec.width)
         if self.annotate:
-            decoded = decoded.copy() if decoded.ndim == 3 and decoded.shape[2] == 3 else cv2.cvtColor(
-                decoded.reshape(decoded.shape[0], decoded.shape[1]), cv2.COLOR_GRAY2BGR)
+            decoded = (
+                decoded.copy()
+                if decoded.ndim == 3 and decoded.shape[2] == 3
+                else cv2.cvtColor(decoded.reshape(decoded.shape[0], decoded.shape[1]), cv2.COLOR_GRAY2BGR)
+            )
             cv2.putText(decoded, f"{bpp:.3f} bpp", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2)
         return decoded, {"frame": index, "time": round(ts, 4), "bytes": len(rec.payload), "bpp": round(bpp, 4)}
 

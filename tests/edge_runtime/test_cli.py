@@ -43,7 +43,9 @@ def test_missing_model_is_exit_4_one_line(tmp_path):
 
 def test_bad_input_path_is_exit_3_naming_the_path(make_bundle, tmp_path):
     bundle = make_bundle(("denoise",))
-    res = CliRunner().invoke(cli, ["denoise", str(bundle), str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png")])
+    res = CliRunner().invoke(
+        cli, ["denoise", str(bundle), str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png")]
+    )
     assert res.exit_code == errors.BAD_DATA
     assert "missing.png" in res.stderr and res.stderr.count("\n") == 1
     assert not (tmp_path / "o.png").exists()

@@ -26,7 +26,7 @@ def test_tiles_cover_the_frame_with_overlap():
     for size, tile in [(100, 64), (1080, 512), (64, 64), (513, 256)]:
         starts = tile_starts(size, tile, 32, 8)
         assert starts[0] == 0 and starts[-1] + min(tile, size) == size
-        for a, b in zip(starts, starts[1:]):
+        for a, b in zip(starts, starts[1:], strict=False):
             assert b - a <= tile - 32  # neighbours share at least the overlap
 
 

@@ -59,7 +59,9 @@ def test_runtime_denoises_a_frame_with_torch_and_onnx_blocked(make_bundle, tmp_p
 
 
 def test_cli_help_does_not_import_torch():
-    code = "import sys; from edge_runtime.cli import cli; " \
-           "cli(['--help'], standalone_mode=False); assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys; from edge_runtime.cli import cli; "
+        "cli(['--help'], standalone_mode=False); assert 'torch' not in sys.modules, 'torch imported'"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
