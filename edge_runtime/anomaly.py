@@ -1,0 +1,1179 @@
+"""Anomaly scoring on the device: per-frame scores, heat maps, alarms, and calibration on a fixed camera.
+
+The anomaly graph (docs/bundle.md) gives a structural error map (local SSIM error of the autoencoder's
+reconstruction), an image score and the bottleneck features. The generic model trained on natural images
+reaches only about 0.65 image AUROC on synthetic defects with that score alone (benchmarks/anomaly_bench.py),
+and raw reconstruction error is worse than chance on real factory images (shared/FINDINGS.md). A fixed camera
+changes the problem: every location sees the same thing frame after frame. :func:`calibrate` therefore fits,
+on normal frames of the scene and with numpy only:
+
+1. a reference: each frame is registered to the first calibration frame by phase correlation
+   (:class:`FrameAligner`), because a fixed camera still vibrates and at 1/8 resolution half a cell of shift
+   changes every feature of a textured surface;
+2. per location of the feature grid (1/8 resolution), a Gaussian of the SSIM error averaged to the grid,
+   ``z_s = (s - mean) / std``, and a diagonal Gaussian of the features, whose Mahalanobis distance is
+   ``d = mean_c ((f_c - mean_c) / std_c) ** 2`` (mean, not sum, over channels: only the scale differs, and the
+   next step removes scale);
+3. offsets and scales that bring both terms to mean 0, std 1 on held-out normal frames.
+
+The combined map is ``w_s * z_s + w_d * d`` in those units (or their maximum). The frame's raw score is the
+maximum of its means over the graph's score window (16 px), as the graph's own score is; the map handed out is
+those window means upsampled with ``cv2.INTER_LINEAR``. Measured on benchmarks/anomaly_bench.py with the default
+model (5 scenes, 40 calibration and 40 test frames each, mean of seeds 0-2; false alarms are normal test frames
+above the threshold, of 300; detected: defective ones, of 300):
+
+==========================================  =====  =====  ============  ========
+combined map                                image  pixel  false alarms  detected
+==========================================  =====  =====  ============  ========
+generic SSIM score, no calibration          0.62   0.65   -             -
+per location, max(z_s, d), no registration  0.860  0.893  3             122
+registered, z_s only                        0.728  0.696  5             70
+registered, d only  (chosen)                0.996  0.996  6             289
+registered, z_s + d                         0.995  0.995  6             282
+registered, max(z_s, d)                     0.995  0.996  11            288
+==========================================  =====  =====  ============  ========
+
+Registration is what makes per-location statistics work here. The feature term carries the signal; the SSIM
+term alone is weak on these defects and adding it did not help: the sum lost 0.001 image AUROC and 7
+detections, the maximum brought 5 more false alarms (the SSIM term's tail). So the default weights are (0, 1).
+The structural term may still matter on real surfaces where a defect changes texture more than content
+(FINDINGS.md); it stays fitted and can be weighted in (:data:`DEFAULT_WEIGHTS`).
+
+Without per-location statistics the graph's own score and map are used (the generic model).
+
+Units: ``FrameScore.score = (raw - norm_mean) / norm_std`` and the map is in the same units, so the threshold
+applies to both; the calibration block of manifest.json overrides the ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.errors import BadDataError, ModelRejectedError, UsageError
+from edge_runtime.io import atomic_path, atomic_write_text
+from edge_runtime.model import MANIFEST_NAME, Bundle, load_bundle, open_graph
+from edge_runtime.outputs import FolderSink, VideoSink, output_kind, write_image
+from edge_runtime.session import NonFiniteOutput
+from edge_runtime.sources import open_source
+from edge_runtime.stats import StageClock
+
+STATS_NAME = "anomaly_stats.npz"
+STATS_VERSION = 1
+# A statistics file is a few MB even for 1080p frames (F x H/8 x W/8 float32 x 2); the cap stops a hostile
+# file from filling memory through np.load.
+MAX_STATS_BYTES = 256 * 1024 * 1024
+# Calibration needs at least this many frames: 8 to fit, 2 held out. Fewer than asked for but at least this
+# many (a short video) still calibrates, and the summary says so.
+MIN_CALIBRATION_FRAMES = 10
+# Every HOLDOUT_EVERY-th frame (20 %) is held out: the statistics are fitted on the others, the score
+# normalisation and the threshold on these. Interleaved rather than the last 20 %: a scene drifts (daylight),
+# and the threshold should see the same conditions the statistics saw.
+HOLDOUT_EVERY = 5
+# Threshold in normalised units: max(THRESHOLD_FLOOR, THRESHOLD_MARGIN * highest held-out normalised score).
+# A few held-out frames do not show the tail of the normal scores (heavier than a Gaussian's: Cantelli's bound
+# for 3 std is 10 %). Measured with the benchmark's camera (benchmarks/anomaly_bench.py, 40 calibration frames,
+# 400 normal and 400 defective test frames): per-frame false alarms 2.5 % at 3 std, 1.5 % at 4, 1.0 % at 5;
+# detected 95 %, 92 %, 90 %. 4 it is, and the Hysteresis (2 frames to raise an alarm) stops single false frames.
+THRESHOLD_FLOOR = 4.0
+THRESHOLD_MARGIN = 1.1
+# Per-location variances get this fraction of their mean over all locations added: a location that never
+# changed on the calibration frames (a static, saturated patch) would otherwise call sensor noise a defect.
+VARIANCE_FLOOR = 0.1
+# How the two terms, each in unit scale on held-out normal frames, make the combined map: measured best is the
+# feature term alone (see the module doc). The SSIM statistics are still fitted and stored (they are cheap), so
+# fit_calibration(weights=..., combine="max") can bring the structural term in without a new file format.
+DEFAULT_WEIGHTS = (0.0, 1.0)
+DEFAULT_COMBINE = "sum"
+COMBINE_MODES = ("max", "sum")
+# Registration of frames to the calibration reference (a fixed camera still vibrates): phase correlation on a
+# gray copy whose long side is at most ALIGN_MAX_SIDE, shifts searched within 1/16 of the short side, accepted
+# when the peak stands MIN_ALIGN_PSR standard deviations above the rest of the search window (measured: real
+# scenes 25-115, noise on a blank frame 3-5). Frames under MIN_ALIGN_SIDE px are not registered.
+ALIGN_MAX_SIDE = 512
+MAX_SHIFT_FRACTION = 1 / 16
+MIN_ALIGN_PSR = 8.0
+MIN_ALIGN_SIDE = 32
+# Gaussian pre-blurs tried in turn: none first (sharpest peak on textured scenes), then sigma 2 px for smooth
+# scenes, where the whitened spectrum is mostly sensor noise (measured PSR on a smooth test scene: 4-6 without,
+# 30-39 with; on the benchmark's textured scenes 33-58 without, 11-22 with).
+ALIGN_BLURS = (0.0, 2.0)
+# With per-location statistics norm_std (in the unit scale of the combined map) is at least this: with few
+# held-out frames their sample std can be tiny by chance and would make every later frame an outlier.
+MIN_NORM_STD = 0.25
+# The bbox outlines evidence above max(threshold, this fraction of its peak): a strong defect's box is not
+# inflated by the noisy cells next to it that happen to be above the threshold.
+BBOX_PEAK_FRACTION = 0.1
+SCORE_WINDOW = 16  # pixels; the graph's score window unless its model_config says otherwise
+CALIBRATION_RULE = (
+    "edgeae calibrate on the device: every 5th normal frame held out; statistics (per-location Gaussians, or the "
+    "graph score's mean and std) fitted on the others; per-location: norm_mean/norm_std from the held-out scores; "
+    "threshold = max(4.0, 1.1 x the highest normalised held-out score)."
+)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """The result of scoring one frame.
+
+    raw: the score before normalisation (graph score, or the combined per-location score when calibrated).
+    score: ``(raw - norm_mean) / norm_std``; compared with ``threshold``.
+    above: ``score > threshold``.
+    map: (H, W) float32 in the same normalised units as ``score``.
+    bbox: (x, y, w, h) of the largest connected region of ``map > threshold``, or None when not ``above``.
+    shift: (dx, dy) the frame was moved by to register it to the calibration reference (per-location only).
+    """
+
+    raw: float
+    score: float
+    threshold: float
+    above: bool
+    map: np.ndarray
+    bbox: tuple[int, int, int, int] | None
+    shift: tuple[float, float] | None = None  # (dx, dy) px the frame was registered by, when it was
+
+
+@dataclass(frozen=True)
+class LocationStats:
+    """Per-location statistics of normal frames of one scene (``anomaly_stats.npz``).
+
+    frame_size: (H, W) the statistics were fitted on; grid: (h, w) of the feature output (padded frame / stride).
+    ssim_mean, ssim_std: (h, w) of the SSIM error map averaged to the grid.
+    feat_mean, feat_std: (F, h, w) of the features.
+    term_norm: (2, 2) offset and scale bringing (z_s, d) to unit scale on held-out normal frames.
+    weights: (2,) weights of the two terms; combine: "max" (of the weighted terms) or "sum".
+    reference: (h, w) float32 gray image the frames are registered to (first calibration frame, long side at
+        most 512 px); empty (0, 0) when frames are not registered (frames under 32 px).
+    """
+
+    frame_size: tuple[int, int]
+    ssim_mean: np.ndarray
+    ssim_std: np.ndarray
+    feat_mean: np.ndarray
+    feat_std: np.ndarray
+    term_norm: np.ndarray
+    weights: np.ndarray
+    frames: int
+    model_sha256: str = ""
+    combine: str = "max"
+    reference: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.ssim_mean.shape)  # type: ignore[return-value]
+
+    def to_bytes(self) -> bytes:
+        """The statistics as an ``.npz`` of plain arrays (no pickled objects)."""
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            version=np.array([STATS_VERSION], np.int64),
+            frame_size=np.array(self.frame_size, np.int64),
+            ssim_mean=self.ssim_mean.astype(np.float32),
+            ssim_std=self.ssim_std.astype(np.float32),
+            feat_mean=self.feat_mean.astype(np.float32),
+            feat_std=self.feat_std.astype(np.float32),
+            term_norm=np.asarray(self.term_norm, np.float64),
+            weights=np.asarray(self.weights, np.float64),
+            frames=np.array([self.frames], np.int64),
+            model_sha256=np.array(self.model_sha256),
+            combine=np.array(self.combine),
+            reference=np.asarray(self.reference, np.float32),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> LocationStats:
+        """Parse and shape-check an ``.npz``; ModelRejectedError (4) on anything unexpected."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+            raise ModelRejectedError(f"{where}: not a readable statistics file ({_one_line(exc)})") from None
+        required = ("version", "frame_size", "ssim_mean", "ssim_std", "feat_mean", "feat_std", "term_norm", "weights")
+        missing = [k for k in required if k not in arrays]
+        if missing:
+            raise ModelRejectedError(f"{where}: statistics file lacks {', '.join(missing)}")
+        version = arrays["version"]
+        if version.shape != (1,) or version.dtype.kind not in "iu" or int(version[0]) != STATS_VERSION:
+            raise ModelRejectedError(f"{where}: statistics version {version.tolist()} (this edgeae knows 1)")
+        for key in required[1:]:
+            if arrays[key].dtype.kind not in "iuf":
+                raise ModelRejectedError(f"{where}: statistics array {key} has dtype {arrays[key].dtype}")
+            if not np.isfinite(arrays[key]).all():
+                raise ModelRejectedError(f"{where}: statistics array {key} holds NaN or Inf")
+        size = arrays["frame_size"]
+        s_mean, s_std = arrays["ssim_mean"], arrays["ssim_std"]
+        f_mean, f_std = arrays["feat_mean"], arrays["feat_std"]
+        ok = (
+            size.shape == (2,)
+            and (size > 0).all()
+            and s_mean.ndim == 2
+            and s_std.shape == s_mean.shape
+            and f_mean.ndim == 3
+            and f_mean.shape[1:] == s_mean.shape
+            and f_std.shape == f_mean.shape
+            and arrays["term_norm"].shape == (2, 2)
+            and arrays["weights"].shape == (2,)
+        )
+        if not ok:
+            shapes = ", ".join(f"{k} {list(arrays[k].shape)}" for k in required[1:])
+            raise ModelRejectedError(f"{where}: statistics arrays have inconsistent shapes ({shapes})")
+        if (s_std <= 0).any() or (f_std <= 0).any() or (arrays["term_norm"][:, 1] <= 0).any():
+            raise ModelRejectedError(f"{where}: statistics hold a zero or negative standard deviation")
+        combine = arrays.get("combine", np.array("max"))
+        if combine.dtype.kind != "U" or combine.shape != () or str(combine) not in COMBINE_MODES:
+            raise ModelRejectedError(f"{where}: statistics combine mode {combine!r} (expected max or sum)")
+        reference = arrays.get("reference", np.zeros((0, 0), np.float32))
+        ref_ok = (
+            reference.ndim == 2
+            and reference.dtype.kind == "f"
+            and reference.shape[0] <= size[0]
+            and reference.shape[1] <= size[1]
+            and (reference.size == 0 or min(reference.shape) >= MIN_ALIGN_SIDE // 2)
+            and bool(np.isfinite(reference).all())
+        )
+        if not ref_ok:
+            raise ModelRejectedError(f"{where}: statistics reference image {list(reference.shape)} does not fit")
+        sha = arrays.get("model_sha256")
+        frames = arrays.get("frames")
+        return cls(
+            frame_size=(int(size[0]), int(size[1])),
+            ssim_mean=s_mean.astype(np.float32),
+            ssim_std=s_std.astype(np.float32),
+            feat_mean=f_mean.astype(np.float32),
+            feat_std=f_std.astype(np.float32),
+            term_norm=arrays["term_norm"].astype(np.float64),
+            weights=arrays["weights"].astype(np.float64),
+            frames=int(frames.reshape(-1)[0]) if frames is not None and frames.size else 0,
+            model_sha256=str(sha) if sha is not None and sha.dtype.kind == "U" else "",
+            combine=str(combine),
+            reference=reference.astype(np.float32),
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Small numpy/OpenCV helpers
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _window_kernel(cells: float) -> np.ndarray:
+    """A centred 1-D mean filter about ``cells`` grid cells wide (an even width is centred with a [.5, .5] tap)."""
+    k = max(1, int(round(cells)))
+    kernel = np.ones(k, np.float64) / k
+    if k % 2 == 0:
+        kernel = np.convolve(kernel, [0.5, 0.5])
+    return kernel.astype(np.float32)
+
+
+def _smooth(grid: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    if kernel.size == 1:
+        return grid
+    return cv2.sepFilter2D(grid, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+def largest_region(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x, y, w, h) of the largest 8-connected region of a boolean (H, W) mask; None when it is empty."""
+    if not mask.any():
+        return None
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[best, :4])
+    return x, y, w, h
+
+
+def _finite(array: np.ndarray) -> bool:
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.isfinite(np.sum(array, dtype=np.float64)))
+
+
+def _progress_fn(progress: Any, what: str) -> Callable[[int, int | None], None] | None:
+    """``progress``: None/False (quiet), True (a line on stderr now and then) or a callable(done, total)."""
+    if not progress:
+        return None
+    if callable(progress):
+        return progress
+    last = [0.0]
+
+    def report(done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 2.0 or (total is not None and done >= total):
+            last[0] = now
+            print(f"{what}: {done}" + (f"/{total}" if total else "") + " frames", file=sys.stderr, flush=True)
+
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Registration
+
+
+def _gray(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+    return frame.reshape(frame.shape[0], frame.shape[1])
+
+
+class FrameAligner:
+    """Registers frames of a fixed camera to a reference by phase correlation (translation, sub-pixel).
+
+    The camera is fixed but not still: vibration moves the image by a few pixels, and at 1/8 resolution a
+    shift of half a cell changes every feature on a textured surface. Measured on the synthetic benchmark
+    (benchmarks/anomaly_bench.py, +-4 px shifts): per-location statistics without registration reached image
+    AUROC 0.85, with it 0.99. The search is bounded (cv2.phaseCorrelate takes the global peak and was off by
+    up to 80 px on 17 of 79 frames of one scene; this estimate was within 0.2 px on all).
+    """
+
+    def __init__(self, reference: np.ndarray, frame_size: tuple[int, int]):
+        self.reference = np.asarray(reference, np.float32)
+        h, w = self.reference.shape
+        self.frame_size = frame_size
+        self.scale = (frame_size[1] / w, frame_size[0] / h)  # full-resolution px per reference px (x, y)
+        self.window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+        self._ref_fft = {blur: np.conj(np.fft.rfft2(self._prepare(self.reference, blur))) for blur in ALIGN_BLURS}
+        self.max_shift = max(1, int(min(h, w) * MAX_SHIFT_FRACTION))
+
+    @staticmethod
+    def reference_of(frame: np.ndarray) -> np.ndarray:
+        """The gray, downsized reference image of a frame; (0, 0) when the frame is too small to register."""
+        gray = _gray(frame)
+        h, w = gray.shape
+        if min(h, w) < MIN_ALIGN_SIDE:
+            return np.zeros((0, 0), np.float32)
+        f = min(1.0, ALIGN_MAX_SIDE / max(h, w))
+        if f < 1.0:
+            gray = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        return gray.astype(np.float32)
+
+    def _prepare(self, gray: np.ndarray, blur: float) -> np.ndarray:
+        g = gray.astype(np.float32)
+        if blur > 0:
+            g = cv2.GaussianBlur(g, (0, 0), blur)
+        return (g - g.mean()) * self.window
+
+    def estimate(self, frame: np.ndarray) -> tuple[float, float]:
+        """(dx, dy) in full-resolution pixels such that ``frame(x + dx, y + dy)`` shows ``reference(x, y)``.
+
+        (0, 0) when the correlation peak is not distinct (a featureless scene: nothing to register on).
+        """
+        h, w = self.reference.shape
+        gray = _gray(frame)
+        if gray.shape != (h, w):
+            gray = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA)
+        if float(gray.std()) < 0.5:
+            return 0.0, 0.0  # a blank frame: whitening would turn rounding errors into a peak
+        for blur in ALIGN_BLURS:
+            shift = self._estimate(gray, blur)
+            if shift is not None:
+                return shift
+        return 0.0, 0.0
+
+    def _estimate(self, gray: np.ndarray, blur: float) -> tuple[float, float] | None:
+        h, w = self.reference.shape
+        cross = np.fft.rfft2(self._prepare(gray, blur)) * self._ref_fft[blur]
+        cross /= np.abs(cross) + 1e-12
+        surface = np.fft.fftshift(np.fft.irfft2(cross, s=(h, w)))
+        cy, cx, k = h // 2, w // 2, self.max_shift
+        window = surface[cy - k : cy + k + 1, cx - k : cx + k + 1]
+        py, px = np.unravel_index(int(np.argmax(window)), window.shape)
+        rest = np.ones(window.shape, bool)
+        rest[max(0, py - 2) : py + 3, max(0, px - 2) : px + 3] = False
+        if rest.sum() < 8:
+            return None
+        sidelobe = window[rest]
+        psr = (window[py, px] - sidelobe.mean()) / (sidelobe.std() + 1e-12)
+        if not psr >= MIN_ALIGN_PSR:
+            return None
+        y, x = py + cy - k, px + cx - k
+
+        def vertex(a: float, b: float, c: float) -> float:
+            den = a - 2.0 * b + c
+            return 0.0 if abs(den) < 1e-12 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+
+        oy = vertex(surface[y - 1, x], surface[y, x], surface[(y + 1) % h, x])
+        ox = vertex(surface[y, x - 1], surface[y, x], surface[y, (x + 1) % w])
+        return float((x - cx + ox) * self.scale[0]), float((y - cy + oy) * self.scale[1])
+
+    def align(self, frame: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+        """The frame moved onto the reference (bilinear, reflected border) and the shift it was moved by."""
+        dx, dy = self.estimate(frame)
+        m = np.float32([[1, 0, dx], [0, 1, dy]])
+        out = cv2.warpAffine(frame, m, (frame.shape[1], frame.shape[0]),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+        if frame.ndim == 3 and out.ndim == 2:
+            out = out[:, :, None]
+        return out, (round(float(dx), 3), round(float(dy), 3))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scorer
+
+
+@dataclass
+class _Analysis:
+    """Graph outputs of one frame, brought to the feature grid."""
+
+    height: int
+    width: int
+    amap: np.ndarray  # (H, W) SSIM error
+    graph_score: float
+    ssim_grid: np.ndarray  # (h, w)
+    features: np.ndarray  # (F, h, w)
+    padded: tuple[int, int]
+    shift: tuple[float, float] | None = None
+
+
+class AnomalyScorer:
+    """An anomaly bundle ready to score frames: ``score(frame (H, W, 3|1) uint8 BGR/gray) -> FrameScore``.
+
+    Calibration (threshold, norm_mean, norm_std) comes from the manifest's ``calibration`` block, else the ONNX
+    metadata; per-location statistics from ``anomaly_stats.npz`` when the manifest lists one (its SHA-256 is
+    re-checked as it is read). ``model``: a bundle directory, its manifest.json, a :class:`Bundle`, or a single
+    ``.onnx`` file (metadata calibration only).
+    """
+
+    def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu", threads: int | None = None,
+                 allow_fallback: bool = False):  # fmt: skip
+        self.bundle: Bundle | None = None
+        if isinstance(model, Bundle):
+            self.bundle = model
+        else:
+            path = Path(model)
+            if path.is_dir() or path.name == MANIFEST_NAME:
+                self.bundle = load_bundle(path)
+        if self.bundle is not None and self.bundle.task != "anomaly":
+            raise ModelRejectedError(f"{self.bundle.root}: a {self.bundle.task} bundle, not an anomaly model")
+        self.where = str(self.bundle.root if self.bundle is not None else model)
+        self.graph = open_graph(self.bundle if self.bundle is not None else model, "anomaly", precision,
+                                device=device, threads=threads, allow_fallback=allow_fallback)  # fmt: skip
+        meta = self.graph.info.metadata
+        if meta.get("edgeae.task") != "anomaly":
+            raise ModelRejectedError(f"{self.where}: not an anomaly model (edgeae.task={meta.get('edgeae.task')!r})")
+        self.calibration = self._read_calibration(meta)
+        self.score_window = self._score_window(meta)
+        self.model_sha256 = self._model_sha()
+        self.stats: LocationStats | None = None
+        if self.bundle is not None and STATS_NAME in self.bundle.manifest.get("files", {}):
+            data = self.bundle.read_verified(STATS_NAME, max_bytes=MAX_STATS_BYTES)
+            self.stats = LocationStats.from_bytes(data, f"{self.bundle.root / STATS_NAME}")
+            if self.stats.model_sha256 and self.model_sha256 and self.stats.model_sha256 != self.model_sha256:
+                raise ModelRejectedError(
+                    f"{self.bundle.root / STATS_NAME}: fitted for another model file "
+                    f"({self.stats.model_sha256[:12]}..., this bundle's FP32 graph is {self.model_sha256[:12]}...); "
+                    "recalibrate with `edgeae calibrate`"
+                )
+        self.aligner = self._make_aligner(self.stats)
+
+    # -- configuration -----------------------------------------------------------------------------------------
+
+    def _read_calibration(self, meta: dict[str, str]) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for key in ("threshold", "norm_mean", "norm_std"):
+            text = meta.get(f"edgeae.anomaly.{key}", "")
+            if text != "":
+                try:
+                    values[key] = float(text)
+                except ValueError:
+                    raise ModelRejectedError(
+                        f"{self.where}: metadata edgeae.anomaly.{key}={text!r} is not a number"
+                    ) from None
+        if self.bundle is not None:
+            for key in ("threshold", "norm_mean", "norm_std"):
+                if key in self.bundle.calibration:
+                    values[key] = float(self.bundle.calibration[key])
+        values.setdefault("threshold", THRESHOLD_FLOOR)
+        values.setdefault("norm_mean", 0.0)
+        values.setdefault("norm_std", 1.0)
+        for key, value in values.items():
+            if not math.isfinite(value):
+                raise ModelRejectedError(f"{self.where}: anomaly {key} is {value}")
+        if values["norm_std"] <= 0:
+            raise ModelRejectedError(f"{self.where}: anomaly norm_std must be > 0, got {values['norm_std']}")
+        return values
+
+    @staticmethod
+    def _score_window(meta: dict[str, str]) -> int:
+        try:
+            cfg = json.loads(meta.get("edgeae.model_config") or "{}")
+            window = int(cfg.get("score_window", SCORE_WINDOW)) if isinstance(cfg, dict) else SCORE_WINDOW
+        except (ValueError, TypeError):
+            window = SCORE_WINDOW
+        return window if 1 <= window <= 1024 else SCORE_WINDOW
+
+    def _model_sha(self) -> str:
+        """The FP32 graph's SHA-256 (statistics fitted at one precision serve the others of the same bundle)."""
+        if self.bundle is not None and "fp32" in self.bundle.precisions("anomaly"):
+            return str(self.bundle.entry("anomaly", "fp32")["sha256"])
+        return self.graph.info.sha256
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration["threshold"]
+
+    @property
+    def norm_mean(self) -> float:
+        return self.calibration["norm_mean"]
+
+    @property
+    def norm_std(self) -> float:
+        return self.calibration["norm_std"]
+
+    def with_calibration(self, calibration: dict[str, float], stats: LocationStats | None) -> AnomalyScorer:
+        """A shallow copy using other calibration values and statistics (nothing written; the session shared)."""
+        other = copy.copy(self)
+        other.calibration = {**self.calibration, **{k: float(v) for k, v in calibration.items()}}
+        other.stats = stats
+        other.aligner = self._make_aligner(stats)
+        return other
+
+    @staticmethod
+    def _make_aligner(stats: LocationStats | None) -> FrameAligner | None:
+        if stats is None or stats.reference.size == 0:
+            return None
+        return FrameAligner(stats.reference, stats.frame_size)
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+
+    def analyse(self, frame: np.ndarray, aligner: FrameAligner | None | str = "default") -> _Analysis:
+        """Register the frame (per-location statistics only) and run the graph on it.
+
+        ``aligner``: "default" uses the statistics' reference; None runs the frame as it is. NonFiniteOutput
+        (a BadDataError) when an output holds NaN or Inf.
+        """
+        if isinstance(aligner, str):
+            aligner = self.aligner
+        shift = None
+        valid = isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim in (2, 3) and frame.size
+        if aligner is not None and valid:  # anything else is refused by run_frame with the expected format
+            if self.stats is not None and frame.shape[:2] != self.stats.frame_size:
+                self._size_error(frame.shape[0], frame.shape[1], self.stats.frame_size)
+            frame, shift = aligner.align(frame)
+        out = self.graph.run_frame(frame)
+        amap = np.asarray(out["anomaly_map"], np.float32)
+        feats = np.asarray(out["features"], np.float32)
+        if amap.ndim != 2 or feats.ndim != 3:
+            raise ModelRejectedError(
+                f"{self.where}: anomaly graph returned anomaly_map {list(amap.shape)}, features {list(feats.shape)}"
+            )
+        height, width = amap.shape
+        multiple = self.graph.info.input_multiple
+        ph, pw = height + (-height % multiple), width + (-width % multiple)
+        fh, fw = feats.shape[1:]
+        grid = amap
+        if (ph, pw) != (height, width):
+            grid = cv2.copyMakeBorder(amap, 0, ph - height, 0, pw - width, cv2.BORDER_REFLECT_101)
+        if (fh, fw) != (ph, pw):
+            grid = cv2.resize(grid, (fw, fh), interpolation=cv2.INTER_AREA)
+        return _Analysis(height, width, amap, float(out["score"]), grid, feats, (ph, pw), shift)
+
+    def _size_error(self, height: int, width: int, size: tuple[int, int]) -> None:
+        raise BadDataError(
+            f"{self.where}: frame is {width}x{height} but the per-location statistics were fitted on "
+            f"{size[1]}x{size[0]} frames; recalibrate for this size (edgeae calibrate) or feed frames of the "
+            "calibrated size"
+        )
+
+    def _terms(self, a: _Analysis, stats: LocationStats) -> tuple[np.ndarray, np.ndarray]:
+        """Per-location SSIM z-score and feature Mahalanobis distance, both (h, w), before unit scaling."""
+        if (a.height, a.width) != stats.frame_size:
+            self._size_error(a.height, a.width, stats.frame_size)
+        if a.features.shape != stats.feat_mean.shape:
+            raise ModelRejectedError(
+                f"{self.where}: features {list(a.features.shape)} do not match the statistics "
+                f"{list(stats.feat_mean.shape)}; recalibrate with `edgeae calibrate`"
+            )
+        z_s = (a.ssim_grid - stats.ssim_mean) / stats.ssim_std
+        diff = (a.features - stats.feat_mean) / stats.feat_std
+        dist = np.einsum("chw,chw->hw", diff, diff) / diff.shape[0]
+        return z_s.astype(np.float32), dist.astype(np.float32)
+
+    def _combined_grid(self, a: _Analysis, stats: LocationStats) -> np.ndarray:
+        z_s, dist = self._terms(a, stats)
+        (off_s, scale_s), (off_d, scale_d) = stats.term_norm
+        w_s, w_d = stats.weights
+        t_s, t_d = w_s * (z_s - off_s) / scale_s, w_d * (dist - off_d) / scale_d
+        if stats.combine == "sum":
+            return (t_s + t_d).astype(np.float32)
+        return np.maximum(t_s, t_d).astype(np.float32)
+
+    def _grid_kernel(self, a: _Analysis) -> np.ndarray:
+        stride = a.padded[0] / a.features.shape[1]
+        return _window_kernel(self.score_window / stride)
+
+    def raw_map(self, a: _Analysis, stats: LocationStats | None) -> tuple[float, np.ndarray, np.ndarray]:
+        """(raw score, window map, detail map) of an analysed frame, before normalisation; maps (H, W) float32.
+
+        The window map is the evidence averaged over the graph's score window (16 px), and the raw score its
+        maximum (exactly the graph's own score definition), so one hot cell does not decide a frame. The detail
+        map is the evidence itself, used to keep the bbox tight (the window map grows every region by half a
+        window).
+        """
+        if stats is None:
+            windowed = _smooth(a.amap, _window_kernel(self.score_window))
+            return a.graph_score, windowed, a.amap
+        grid = self._combined_grid(a, stats)
+        ph, pw = a.padded
+        fh, fw = grid.shape
+        if a.shift is not None:
+            # Registration fills a band of up to |shift| px at two edges with reflected content: no evidence there
+            # either way (measured: the commonest false alarm without this). Cells centred in it get the median.
+            dx, dy = a.shift
+            cy = (np.arange(fh) + 0.5) * ph / fh - 0.5
+            cx = (np.arange(fw) + 0.5) * pw / fw - 0.5
+            bad_y = (cy < -dy) | (cy >= a.height - dy)
+            bad_x = (cx < -dx) | (cx >= a.width - dx)
+            if bad_y.any() or bad_x.any():
+                grid = grid.copy()
+                fill = float(np.median(grid))
+                grid[bad_y, :] = fill
+                grid[:, bad_x] = fill
+        windowed = _smooth(grid, self._grid_kernel(a))
+        valid_h, valid_w = max(1, math.ceil(a.height * fh / ph)), max(1, math.ceil(a.width * fw / pw))
+        raw = float(windowed[:valid_h, :valid_w].max())  # cells that are all padding do not count
+
+        def up(g: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(cv2.resize(g, (pw, ph), interpolation=cv2.INTER_LINEAR)[: a.height, : a.width])
+
+        return raw, up(windowed), up(grid)
+
+    def finish(self, a: _Analysis) -> FrameScore:
+        """The FrameScore of an analysed frame (see :meth:`score`)."""
+        raw, wmap, detail = self.raw_map(a, self.stats)
+        mean, std = self.norm_mean, self.norm_std
+        score = (raw - mean) / std
+        fmap = ((wmap - mean) / std).astype(np.float32)
+        if not (math.isfinite(score) and _finite(fmap) and _finite(detail)):
+            raise NonFiniteOutput(f"{self.where}: the anomaly map holds NaN or Inf; frame not scored", "anomaly_map")
+        thr = self.threshold
+        above = bool(score > thr)
+        bbox = None
+        if above:
+            # Above the threshold in the window map (where the score comes from) and in the evidence itself:
+            # the first drops isolated noisy cells, the second the half-window margin around a defect.
+            evidence = (detail - mean) / std
+            level = max(thr, BBOX_PEAK_FRACTION * float(evidence.max()))
+            bbox = largest_region((fmap > thr) & (evidence > level)) or largest_region(fmap > thr)
+        return FrameScore(raw=float(raw), score=float(score), threshold=thr, above=above, map=fmap, bbox=bbox,
+                          shift=a.shift)  # fmt: skip
+
+    def score(self, frame: np.ndarray) -> FrameScore:
+        """Score one frame ``(H, W, 3)`` BGR or ``(H, W)``/``(H, W, 1)`` gray uint8.
+
+        NaN or Inf anywhere (graph outputs, or the map after normalisation) raises NonFiniteOutput, a
+        BadDataError: the frame is flagged, never scored (RELIABILITY case 18). A frame of another size than the
+        per-location statistics were fitted on raises BadDataError.
+        """
+        return self.finish(self.analyse(frame))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hysteresis
+
+
+class Hysteresis:
+    """Alarms from a stream of normalised scores: EMA smoothing, ``on_frames`` to raise, ``off_frames`` to clear.
+
+    ``update(score, threshold) -> (smoothed, alarm, event)``; event is "start", "end" or None. Scores are
+    clipped to ``2 * threshold`` (when the threshold is positive) before smoothing, so that one frame scoring
+    1000 cannot hold the smoothed score above the threshold for the frames after it: one noisy frame never
+    raises an alarm with ``on_frames >= 2``.
+    """
+
+    def __init__(self, alpha: float = 0.5, on_frames: int = 2, off_frames: int = 3):
+        if not 0 < alpha <= 1:
+            raise UsageError(f"alpha must be in (0, 1], got {alpha!r}")
+        if on_frames < 1 or off_frames < 1:
+            raise UsageError("on_frames and off_frames must be >= 1")
+        self.alpha, self.on_frames, self.off_frames = alpha, int(on_frames), int(off_frames)
+        self.reset()
+
+    def reset(self) -> None:
+        self.smoothed: float | None = None
+        self.alarm = False
+        self._above = 0
+        self._below = 0
+
+    def update(self, score: float, threshold: float) -> tuple[float, bool, str | None]:
+        score = float(score)
+        if threshold > 0:
+            score = min(score, 2.0 * threshold)
+        if self.smoothed is None:
+            self.smoothed = score
+        else:
+            self.smoothed = self.alpha * score + (1.0 - self.alpha) * self.smoothed
+        event = None
+        if self.smoothed > threshold:
+            self._above += 1
+            self._below = 0
+            if not self.alarm and self._above >= self.on_frames:
+                self.alarm, event = True, "start"
+        else:
+            self._below += 1
+            self._above = 0
+            if self.alarm and self._below >= self.off_frames:
+                self.alarm, event = False, "end"
+        return self.smoothed, self.alarm, event
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Calibration
+
+
+class _Moments:
+    """Running sums for per-element mean and variance (float64; the arrays are small)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.s1: np.ndarray | None = None
+        self.s2: np.ndarray | None = None
+
+    def add(self, x: np.ndarray) -> None:
+        x = x.astype(np.float64)
+        if self.s1 is None:
+            self.s1, self.s2 = np.zeros_like(x), np.zeros_like(x)
+        self.s1 += x
+        self.s2 += x * x
+        self.n += 1
+
+    def mean_std(self, floor_axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std, the variance raised by VARIANCE_FLOOR x its mean over ``floor_axes`` (the locations)."""
+        assert self.s1 is not None and self.s2 is not None and self.n > 0
+        mean = self.s1 / self.n
+        var = np.maximum(self.s2 / self.n - mean * mean, 0.0) * (self.n / max(1, self.n - 1))
+        floor = VARIANCE_FLOOR * var.mean(axis=floor_axes, keepdims=True) + 1e-12
+        return mean.astype(np.float32), np.sqrt(var + floor).astype(np.float32)
+
+
+def _unit_scale(values: np.ndarray) -> tuple[float, float]:
+    """Offset and scale that bring ``values`` (normal held-out locations) to mean 0, std 1."""
+    v = values.astype(np.float64).ravel()
+    return float(v.mean()), float(max(v.std(), 1e-6))
+
+
+def fit_calibration(
+    scorer: AnomalyScorer,
+    frames: Iterable[np.ndarray],
+    *,
+    n: int,
+    per_location: bool = True,
+    weights: tuple[float, float] = DEFAULT_WEIGHTS,
+    combine: str = DEFAULT_COMBINE,
+    progress: Any = None,
+) -> tuple[dict[str, float], LocationStats | None, dict]:
+    """Fit calibration on up to ``n`` normal frames, in memory: ``(calibration, stats or None, summary)``.
+
+    Every 5th frame is held out (:data:`HOLDOUT_EVERY`). Statistics (per-location Gaussians, or for the generic
+    score its mean and std) are fitted on the other 80 %; with per-location statistics the fitted frames would
+    score in-sample (too low), so the score normalisation is then fitted on the held-out frames. The threshold is
+    ``max(3.0, 1.1 x the highest normalised held-out score)``: out-of-sample normal frames stay below it with a
+    10 % margin, and 3 standard deviations is the least it can be. Memory: running sums plus the held-out frames'
+    grids (F+1 floats per 8x8 pixels: about 4 MB per 1080p frame).
+
+    With per-location statistics every frame is first registered to the first one (:class:`FrameAligner`),
+    which becomes the reference stored with the statistics.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < MIN_CALIBRATION_FRAMES:
+        raise UsageError(f"calibration needs n >= {MIN_CALIBRATION_FRAMES} frames, got {n!r}")
+    if combine not in COMBINE_MODES:
+        raise UsageError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
+    report = _progress_fn(progress, "calibrate")
+    fit_ssim, fit_feat = _Moments(), _Moments()
+    fit_scores: list[float] = []
+    held_scores: list[float] = []
+    held: list[_Analysis] = []  # per-location only: the held-out frames' grids
+    size: tuple[int, int] | None = None
+    reference = np.zeros((0, 0), np.float32)
+    aligner: FrameAligner | None = None
+    count = 0
+    for frame in frames:
+        if count >= n:
+            break
+        if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
+            raise BadDataError(f"calibration frame {count} is not an image array ({type(frame).__name__})")
+        hw = (int(frame.shape[0]), int(frame.shape[1]))
+        if size is None:
+            size = hw
+            if per_location:
+                reference = FrameAligner.reference_of(frame)
+                aligner = FrameAligner(reference, size) if reference.size else None
+        elif per_location and hw != size:
+            raise BadDataError(
+                f"calibration frame {count} is {hw[1]}x{hw[0]}, the first was {size[1]}x{size[0]}: "
+                "per-location statistics need frames of one size (use --global-only for mixed sizes)"
+            )
+        a = scorer.analyse(frame, aligner)
+        if count % HOLDOUT_EVERY == HOLDOUT_EVERY - 1:
+            held_scores.append(a.graph_score)
+            if per_location:
+                a.amap = a.amap[:0]  # not needed again: keep only the grids
+                held.append(a)
+        else:
+            fit_scores.append(a.graph_score)
+            if per_location:
+                fit_ssim.add(a.ssim_grid)
+                fit_feat.add(a.features)
+        count += 1
+        if report:
+            report(count, n)
+    if count < MIN_CALIBRATION_FRAMES:
+        raise BadDataError(
+            f"calibration got {count} frame(s) from the source, fewer than the {MIN_CALIBRATION_FRAMES} it needs"
+        )
+    assert size is not None
+
+    stats: LocationStats | None = None
+    if per_location:
+        s_mean, s_std = fit_ssim.mean_std((0, 1))
+        f_mean, f_std = fit_feat.mean_std((1, 2))
+        provisional = LocationStats(size, s_mean, s_std, f_mean, f_std, np.array([[0.0, 1.0], [0.0, 1.0]]),
+                                    np.asarray(weights, np.float64), fit_feat.n)  # fmt: skip
+        terms = [scorer._terms(a, provisional) for a in held]
+        term_norm = np.array(
+            [_unit_scale(np.stack([t[0] for t in terms])), _unit_scale(np.stack([t[1] for t in terms]))]
+        )
+        stats = LocationStats(size, s_mean, s_std, f_mean, f_std, term_norm, np.asarray(weights, np.float64),
+                              fit_feat.n, scorer.model_sha256, combine, reference)  # fmt: skip
+        held_raw = np.array([scorer.raw_map(a, stats)[0] for a in held])  # out of sample
+        norm_mean = float(held_raw.mean())
+        # Unit-scale maps: the max of a window mean varies by a fraction of a unit between normal frames.
+        norm_std = float(max(held_raw.std(ddof=1) if len(held_raw) > 1 else 0.0, MIN_NORM_STD))
+        fit_normalised = np.array([], np.float64)
+    else:
+        fit = np.asarray(fit_scores, np.float64)
+        held_raw = np.array(held_scores)
+        norm_mean = float(fit.mean())
+        norm_std = float(max(fit.std(ddof=1), 0.02 * abs(norm_mean), 1e-6))
+        fit_normalised = (fit - norm_mean) / norm_std
+    held_norm = (held_raw - norm_mean) / norm_std
+    threshold = float(max(THRESHOLD_FLOOR, THRESHOLD_MARGIN * float(held_norm.max())))
+    calibration = {"threshold": threshold, "norm_mean": norm_mean, "norm_std": norm_std}
+    flagged = int((held_norm > threshold).sum() + (fit_normalised > threshold).sum())
+    summary = {
+        "frames": count,
+        "frames_requested": n,
+        "short": count < n,
+        "frames_fit": count - len(held_scores),
+        "frames_held_out": len(held_scores),
+        "per_location": per_location,
+        "frame_size": [size[1], size[0]],
+        **calibration,
+        "held_out_max_score": float(held_norm.max()),
+        "calibration_frames_above_threshold": flagged,
+    }
+    if stats is not None:
+        summary["grid"] = list(stats.grid)
+        summary["feature_channels"] = int(stats.feat_mean.shape[0])
+    return calibration, stats, summary
+
+
+def calibrate(
+    model: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    *,
+    n: int,
+    per_location: bool = True,
+    progress: Any = None,
+    precision: str = "fp32",
+    device: str = "cpu",
+    threads: int | None = None,
+    allow_fallback: bool = False,
+) -> dict:
+    """Fit the bundle's calibration on ``n`` normal frames ((H, W, 3) uint8 BGR) and write it into the bundle.
+
+    numpy only. See :func:`fit_calibration` for the rule. Fewer than ``n`` frames (a short video) is accepted
+    when there are at least :data:`MIN_CALIBRATION_FRAMES` (the summary's ``short`` is then true); fewer is a
+    BadDataError (exit 3). With ``per_location`` all frames must have one size (BadDataError otherwise).
+
+    Writing: ``anomaly_stats.npz`` then ``manifest.json`` (calibration block, the statistics file listed with
+    SHA-256 and size), each to a temp file, fsynced and renamed, the manifest last. If the manifest cannot be
+    replaced, the previous statistics file is put back, so an interrupted calibration leaves the previous
+    model as it was. (A power cut between the two renames would leave a bundle whose statistics fail their
+    SHA-256 check: refused with a clear error, never used silently.) Without ``per_location`` a previous
+    statistics file is unlisted and removed. Returns a summary dict.
+    """
+    bundle = load_bundle(model)
+    if bundle.task != "anomaly":
+        raise ModelRejectedError(f"{bundle.root}: a {bundle.task} bundle, not an anomaly model")
+    scorer = AnomalyScorer(bundle, precision=precision, device=device, threads=threads,
+                           allow_fallback=allow_fallback)  # fmt: skip
+    t0 = time.perf_counter()
+    calibration, stats, summary = fit_calibration(scorer, frames, n=n, per_location=per_location, progress=progress)
+    _write_calibration(bundle, calibration, stats)
+    load_bundle(bundle.root)  # the rewritten bundle verifies (every SHA-256) before we report success
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    summary["model"] = str(bundle.root)
+    return summary
+
+
+def _write_calibration(bundle: Bundle, calibration: dict[str, float], stats: LocationStats | None) -> None:
+    root = bundle.root
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest["calibration"] = dict(calibration)
+    if "calibration_rule" in manifest or stats is not None:
+        # The export writes how it set its values; after this they are ours, so say how.
+        manifest["calibration_rule"] = CALIBRATION_RULE + (" Per-location statistics: " + STATS_NAME + "."
+                                                           if stats is not None else "")  # fmt: skip
+    stats_path = root / STATS_NAME
+    backup: Path | None = None
+    if stats is not None:
+        data = stats.to_bytes()
+        manifest["files"][STATS_NAME] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        if os.path.lexists(stats_path):
+            backup = _backup(stats_path)
+        try:
+            with atomic_path(stats_path) as tmp:
+                tmp.write_bytes(data)
+        except BaseException:
+            _discard(backup)
+            raise
+    else:
+        manifest["files"].pop(STATS_NAME, None)
+    try:
+        atomic_write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, stats_path)  # the old manifest lists the old statistics: put them back
+        elif stats is not None and STATS_NAME not in bundle.manifest.get("files", {}):
+            _discard(stats_path)
+        raise
+    _discard(backup)
+    if stats is None and STATS_NAME in bundle.manifest.get("files", {}):
+        _discard(stats_path)
+
+
+def _backup(path: Path) -> Path:
+    """A hidden hard link (a copy where links are not supported) of ``path`` beside it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".bak", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copy2(path, tmp)
+    return Path(tmp)
+
+
+def _discard(path: Path | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Overlay
+
+
+def overlay(frame: np.ndarray, fmap: np.ndarray, threshold: float, *, score: float | None = None,
+            bbox: tuple[int, int, int, int] | None = None, alarm: bool = False) -> np.ndarray:  # fmt: skip
+    """(H, W, 3) uint8 BGR: the frame with a JET heat map blended where ``fmap`` is high, bbox and score drawn.
+
+    ``fmap``: (H, W) in normalised units (:attr:`FrameScore.map`). The colour scale spans 0 to 2 x threshold;
+    the blend fades in from half the threshold. ``bbox`` defaults to the largest region above the threshold;
+    ``score`` to the map's maximum.
+    """
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        img = cv2.cvtColor(frame.reshape(frame.shape[0], frame.shape[1]), cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        img = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    else:
+        img = frame.copy()
+    h, w = img.shape[:2]
+    if fmap.shape != (h, w):
+        fmap = cv2.resize(fmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    span = 2.0 * threshold if threshold > 0 else 1.0
+    level = np.clip(np.nan_to_num(fmap, nan=0.0) / span, 0.0, 1.0)
+    heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    low = 0.5 * threshold if threshold > 0 else 0.0
+    alpha = np.clip((np.nan_to_num(fmap, nan=0.0) - low) / max(threshold - low, 1e-6), 0.0, 1.0) * 0.6
+    alpha = alpha[:, :, None].astype(np.float32)
+    out = (img.astype(np.float32) * (1.0 - alpha) + heat.astype(np.float32) * alpha).round().astype(np.uint8)
+    if bbox is None:
+        bbox = largest_region(fmap > threshold)
+    if score is None:
+        score = float(np.nanmax(fmap)) if fmap.size else 0.0
+    colour = (0, 0, 255) if (alarm or score > threshold) else (0, 200, 0)
+    if bbox is not None:
+        x, y, bw, bh = bbox
+        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), (0, 0, 255), 2)
+    text = f"score {score:.2f} / {threshold:.2f}" + ("  ALARM" if alarm else "")
+    scale = max(0.4, min(1.0, w / 640))
+    cv2.putText(out, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scoring a source
+
+
+def score_source(
+    model: Any,
+    input_spec: Any,
+    output: str | os.PathLike | None = None,
+    *,
+    events_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
+    threads: int | None = None,
+    allow_fallback: bool = False,
+    progress: Any = None,
+    hysteresis: Hysteresis | None = None,
+) -> dict:
+    """Score every frame of ``input_spec`` (image, folder, glob, video, camera, URL); returns statistics.
+
+    ``output``: overlays as a video (.mp4/.avi...), a folder of images (a path without extension) or one image.
+    ``events_path``: JSONL, one ``{"type": "frame", ...}`` line per frame (index, time, name, score, raw,
+    smoothed, threshold, above_threshold, alarm, bbox; or an ``error`` for a frame whose output held NaN/Inf)
+    and one ``{"type": "alarm", "event": "start"|"end", ...}`` line per alarm change. The events are written to
+    a temp file line by line and renamed at the end; the overlays are written atomically too.
+
+    Corrupt images are skipped and counted, a truncated video ends at its last good frame, frames with NaN/Inf
+    outputs are flagged: in each case the outputs of the good frames are written, then BadDataError (exit 3)
+    says how many.
+    """
+    scorer = AnomalyScorer(model, precision=precision, device=device, threads=threads,
+                           allow_fallback=allow_fallback)  # fmt: skip
+    hyst = hysteresis or Hysteresis()
+    kind = output_kind(output) if output is not None else None
+    report = _progress_fn(progress, "score")
+    clock = StageClock()
+    counts = {"frames": 0, "anomalous_frames": 0, "alarms": 0, "frames_error": 0}
+    max_score = -math.inf
+    t0 = time.perf_counter()
+    thr = scorer.threshold
+    with open_source(input_spec) as src:
+        sink: VideoSink | FolderSink | None = None
+        try:
+            with contextlib.ExitStack() as stack:
+                events_fh = None
+                if events_path is not None:
+                    # Closed (LIFO) before atomic_path fsyncs and renames it; removed if anything raises.
+                    tmp = stack.enter_context(atomic_path(events_path))
+                    events_fh = stack.enter_context(open(tmp, "w", encoding="utf-8"))
+                if kind == "video":
+                    sink = VideoSink(output, fps=src.fps or 25.0)  # type: ignore[arg-type]
+                elif kind == "folder":
+                    sink = FolderSink(output)  # type: ignore[arg-type]
+                it = iter(src)
+                seen = 0
+                while True:
+                    with clock.stage("capture"):
+                        frame = next(it, None)
+                    if frame is None:
+                        break
+                    seen += 1
+                    base: dict[str, Any] = {"frame": frame.index, "time": round(float(frame.timestamp), 4)}
+                    if frame.name:
+                        base["name"] = frame.name
+                    try:
+                        with clock.stage("inference"):
+                            analysis = scorer.analyse(frame.image)
+                        with clock.stage("postprocess"):
+                            result = scorer.finish(analysis)
+                    except NonFiniteOutput as exc:
+                        counts["frames_error"] += 1
+                        if events_fh is not None:
+                            events_fh.write(
+                                json.dumps({"type": "frame", **base, "score": None, "error": str(exc)}) + "\n"
+                            )
+                        continue
+                    smoothed, alarm, event = hyst.update(result.score, thr)
+                    counts["frames"] += 1
+                    counts["anomalous_frames"] += int(result.above)
+                    counts["alarms"] += int(event == "start")
+                    max_score = max(max_score, result.score)
+                    with clock.stage("output"):
+                        if events_fh is not None:
+                            line = {"type": "frame", **base, "score": round(result.score, 4),
+                                    "raw": round(result.raw, 6), "smoothed": round(smoothed, 4),
+                                    "threshold": round(thr, 4), "above_threshold": result.above, "alarm": alarm,
+                                    "bbox": list(result.bbox) if result.bbox is not None else None,
+                                "shift": list(result.shift) if result.shift is not None else None}  # fmt: skip
+                            events_fh.write(json.dumps(line) + "\n")
+                            if event is not None:
+                                line = {"type": "alarm", "event": event, **base, "smoothed": round(smoothed, 4)}
+                                events_fh.write(json.dumps(line) + "\n")
+                        if kind is not None:
+                            img = overlay(frame.image, result.map, thr, score=result.score, bbox=result.bbox,
+                                          alarm=alarm)  # fmt: skip
+                            if kind == "image":
+                                if counts["frames"] > 1:
+                                    raise UsageError(
+                                        f"{output}: an image output takes one frame; use a folder or video"
+                                    )
+                                write_image(output, img)  # type: ignore[arg-type]
+                            elif isinstance(sink, FolderSink):
+                                sink.write(img, name=frame.name, index=frame.index)
+                            elif sink is not None:
+                                sink.write(img)
+                    if report:
+                        report(seen, None)
+                if sink is not None:
+                    sink.close()
+                    sink = None
+        except BaseException:
+            if sink is not None:
+                sink.abort()
+            raise
+        sstats = src.stats
+    elapsed = time.perf_counter() - t0
+    result_stats: dict[str, Any] = {
+        **counts,
+        "frames_in": sstats.frames_read,
+        "frames_bad": sstats.frames_bad,
+        "bad_files": list(sstats.bad_files),
+        "truncated": bool(sstats.truncated),
+        "alarm_active_at_end": hyst.alarm,
+        "threshold": thr,
+        "max_score": max_score if counts["frames"] else None,
+        "per_location": scorer.stats is not None,
+        "fps": counts["frames"] / elapsed if elapsed > 0 else 0.0,
+        "stages": clock.summary(),
+        "output": str(output) if output is not None else None,
+        "events": str(events_path) if events_path is not None else None,
+    }
+    problems = []
+    if sstats.frames_bad:
+        problems.append(f"{sstats.frames_bad} input(s) could not be read ({', '.join(sstats.bad_files[:3])})")
+    if sstats.truncated:
+        problems.append(f"the video ended early ({sstats.last_error or 'truncated'})")
+    if counts["frames_error"]:
+        problems.append(f"{counts['frames_error']} frame(s) gave NaN/Inf outputs and were not scored")
+    if counts["frames"] == 0 and not problems:
+        problems.append("no frame could be read")
+    if problems:
+        result_stats["error"] = f"{input_spec}: " + "; ".join(problems) + f"; {counts['frames']} frame(s) scored"
+        err = BadDataError(result_stats["error"])
+        err.stats = result_stats  # type: ignore[attr-defined]  # the CLI can still print what was done
+        raise err
+    return result_stats
