@@ -130,11 +130,12 @@ class _Task:
         return decoded, {"frame": index, "time": round(ts, 4), "bytes": len(rec.payload), "bpp": round(bpp, 4)}
 
 
-def run_pipeline(opts: RunOptions) -> dict:
+def run_pipeline(opts: RunOptions, on_frame=None) -> dict:
     """Run the live loop until the source ends, ``max_frames``, Ctrl-C or a lost source; returns statistics.
 
     ``stats["interrupted"]`` is True after Ctrl-C (the CLI exits 130); a lost source re-raises SourceLostError
-    (exit 5) after the outputs are finalised.
+    (exit 5) after the outputs are finalised. ``on_frame(n)`` is called after each processed frame (benchmarks use
+    it to sample memory).
     """
     if opts.show and not gui_available():
         raise UsageError("--show: this OpenCV build has no GUI support (opencv-python-headless); use --serve")
@@ -186,6 +187,8 @@ def run_pipeline(opts: RunOptions) -> dict:
                     if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                         break
             n += 1
+            if on_frame is not None:
+                on_frame(n)
     except KeyboardInterrupt:
         interrupted = True
     except SourceLostError as exc:
