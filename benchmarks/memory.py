@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
                                         threads=args.threads, annotate=False), on_frame=on_frame)  # fmt: skip
     growth = samples[max(samples)] - samples[500]
     result = {"frames": stats["frames_processed"], "size": args.size, "rss_mb": samples,
-              "growth_after_500_mb": round(growth, 2), "goal_mb": 20, "met": growth <= 20, "fps": stats["fps"]}  # fmt: skip
+              "growth_after_500_mb": round(growth, 2), "goal_mb": 20, "met": growth <= 20,
+              "fps": stats["fps"]}  # fmt: skip
     print(json.dumps(result, indent=1))
     return result
 
