@@ -1,0 +1,1475 @@
+"""`edgeae bench`: latency, compute efficiency and quality of the model bundles, side by side with PyTorch eager,
+native OpenVINO and OpenCV's classical methods, in one stamped run.
+
+:func:`run_bench` does the work on a :class:`BenchConfig` and returns the results dict; :func:`build_report`
+turns it into tables and plots; the click command ``bench`` only parses, calls them and prints.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge_runtime.errors import EdgeAEError, ModelRejectedError, UsageError
+
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_BATCHES = (1, 4)
+QUICK_RESOLUTIONS = ("256x256",)
+QUICK_BATCHES = (1, 2)
+LATENCY_SIGMA = 25.0
+CUDA_MISSING = "CUDAExecutionProvider not available"
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything one bench run depends on (stored in results.json as ``config``)."""
+
+    models: str = "models"
+    only: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    resolutions: tuple[str, ...] = ("256x256", "640x480", "1280x720", "1920x1080")
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    threads: int = field(default_factory=_cores)
+    repeat: int = 20
+    warmup: int = 2
+    max_seconds: float = 8.0  # per measured configuration; fewer samples (never < 5) when one call is slow
+    # Batches above this many pixels per call (4 x 640x480 = 1.2 M) are not run: at 720p and 1080p one frame
+    # already keeps the cores busy, and a 4-frame 1080p call takes tens of seconds on 2 cores.
+    max_batch_pixels: int = 1_300_000
+    devices: tuple[str, ...] = ()  # empty: cpu plus every GPU provider present (missing ones recorded as skipped)
+    allow_missing_device: bool = False
+    latency: bool = True
+    quality: bool = False
+    data: str | None = None
+    bm3d_images: int = 68
+    bm3d_sigmas: tuple[float, ...] = (25.0,)
+    sigmas: tuple[float, ...] = (15.0, 25.0, 50.0)
+    checkpoints: tuple[str, ...] = ()
+    torch: bool = True
+    openvino: bool = True
+    pipeline_frames: int = 60
+    peak_n: int = 2048
+    out: str = "bench-out"
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        from benchmarks.latency import parse_resolution
+
+        bad = [p for p in self.precisions if p not in DEFAULT_PRECISIONS]
+        if bad:
+            raise UsageError(f"--precisions: unknown {', '.join(bad)} (use {', '.join(DEFAULT_PRECISIONS)})")
+        if not self.precisions:
+            raise UsageError("--precisions: give at least one")
+        for r in self.resolutions:
+            parse_resolution(r)
+        if not self.batches or any(b < 1 or b > 64 for b in self.batches):
+            raise UsageError("--batch: sizes must be 1..64")
+        if self.threads < 1 or self.repeat < 1 or self.warmup < 0:
+            raise UsageError("--threads and --repeat must be >= 1, --warmup >= 0")
+        unknown = [d for d in self.devices if d not in ("cpu", "cuda", "openvino")]
+        if unknown:
+            raise UsageError(f"--device: unknown {', '.join(unknown)} (cpu, cuda, openvino)")
+
+    @classmethod
+    def quick_defaults(cls, **kw: Any) -> BenchConfig:
+        """Seconds instead of minutes: one small resolution, batch 1 and 2, 1 warm-up, 3 samples, small peaks."""
+        base = dict(
+            max_batch_pixels=1 << 40,
+            resolutions=QUICK_RESOLUTIONS,
+            batches=QUICK_BATCHES,
+            repeat=3,
+            warmup=1,
+            max_seconds=1.0,
+            bm3d_images=1,
+            pipeline_frames=8,
+            peak_n=256,
+            quick=True,
+        )
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+
+class Progress:
+    """One line per step on stderr with the elapsed time (through tqdm.write when tqdm is importable, so a bar
+    and the lines do not garble each other)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self._write = print
+        if importlib.util.find_spec("tqdm") is not None:
+            from tqdm import tqdm
+
+            self._write = tqdm.write
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            self._write(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def _devices(cfg: BenchConfig, skipped: list[dict[str, str]]) -> list[str]:
+    """Devices to measure on: the requested ones (missing: ModelRejectedError unless allowed), or cpu plus every
+    GPU provider present; an absent CUDA provider is recorded as skipped."""
+    from benchmarks.latency import DEVICE_PROVIDER
+    from edge_runtime.session import available_providers
+
+    avail = available_providers()
+    if cfg.devices:
+        out = []
+        for d in cfg.devices:
+            prov = DEVICE_PROVIDER[d]
+            if prov in avail:
+                out.append(d)
+                continue
+            reason = f"{prov} not available (onnxruntime has {', '.join(avail)})"
+            if not cfg.allow_missing_device:
+                raise ModelRejectedError(f"--device {d}: {reason}; pass --allow-missing-device to skip it")
+            skipped.append({"what": f"latency on {d}", "reason": reason})
+        if not out:
+            raise ModelRejectedError("none of the requested devices is available")
+        return out
+    out = ["cpu"]
+    if DEVICE_PROVIDER["cuda"] in avail:
+        out.append("cuda")
+    else:
+        skipped.append({"what": "latency on cuda (I/O binding) and PyTorch FP16 channels-last", "reason": CUDA_MISSING})
+    return out
+
+
+def _pixels(res: str) -> int:
+    from benchmarks.latency import parse_resolution
+
+    w, h = parse_resolution(res)
+    return w * h
+
+
+def _checkpoint_dirs(cfg: BenchConfig) -> list[Path]:
+    if cfg.checkpoints:
+        return [Path(p) for p in cfg.checkpoints]
+    from benchmarks.data import repo_root
+
+    models = Path(cfg.models)
+    return [models / "checkpoints", repo_root() / "models" / "checkpoints", repo_root() / "runs"]
+
+
+def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure everything ``cfg`` asks for; returns the results dict (see :func:`build_report` for the report).
+
+    Checks come first, before anything is measured: every bundle verified and every graph opened at every
+    precision (a graph whose inputs break the contract: ModelRejectedError, exit 4), requested devices present,
+    and with ``quality`` the data folder holding every set needed (BadDataError, exit 3).
+    """
+    from benchmarks import latency as lat
+    from benchmarks.data import find_data_dir, load_set
+    from benchmarks.machine import stamp
+
+    progress = progress or Progress(False)
+    skipped: list[dict[str, str]] = []
+    refs = lat.find_bundles(cfg.models, cfg.only or None)
+    devices = _devices(cfg, skipped)
+    benches = {r.name: lat.GraphBench(r, cfg.threads) for r in refs}
+    for ref in refs:
+        for g in ref.graphs:
+            have = ref.bundle.precisions(g)
+            for p in cfg.precisions:
+                if p in have:
+                    benches[ref.name].graph(g, p, devices[0])
+                else:
+                    skipped.append(
+                        {
+                            "what": f"{ref.name} {g} {p}",
+                            "reason": f"no {p} graph in the bundle (present: {', '.join(have)}; the export's "
+                            "precision gate decides)",
+                        }
+                    )
+    data_dir = None
+    if cfg.quality:
+        data_dir = find_data_dir(cfg.data)
+        needed = set()
+        for ref in refs:
+            if ref.task == "denoise":
+                needed |= {"set14"} if ref.channels == 3 else {"bsd68_gray", "set12_gray"}
+            elif ref.task == "compress":
+                needed.add("set14")
+        if data_dir is not None:
+            for name in sorted(needed):
+                load_set(name, data_dir)  # BadDataError now, not after an hour of measuring
+
+    results: dict[str, Any] = {
+        "title": "edgeae bench" + (" (quick)" if cfg.quick else ""),
+        "complete": False,
+        "config": {**asdict(cfg), "devices_measured": devices, "data_dir": str(data_dir) if data_dir else None},
+        "stamp": stamp(cfg.threads),
+        "skipped": skipped,
+    }
+    t_start = time.perf_counter()
+    try:
+        _measure_all(cfg, refs, benches, devices, data_dir, results, progress)
+    except EdgeAEError as exc:
+        results["error"] = str(exc)
+        results["title"] += " — INCOMPLETE"
+        _write_partial(cfg, results)
+        raise
+    finally:
+        for b in benches.values():
+            b.close()
+    results["elapsed_s"] = time.perf_counter() - t_start
+    results["complete"] = True
+    return results
+
+
+def _write_partial(cfg: BenchConfig, results: dict[str, Any]) -> None:
+    from benchmarks.report import write_report
+
+    results = {
+        **results,
+        "tables": [
+            {
+                "title": "Error",
+                "columns": ["error"],
+                "rows": [[results.get("error")]],
+                "note": "the run stopped; the numbers in results.json are partial",
+            }
+        ],
+    }
+    write_report(results, cfg.out)
+
+
+def _primary(refs: Sequence[Any]) -> dict[str, str | None]:
+    """name -> None for the first bundle of each architecture, else the name of that first bundle."""
+    seen: dict[str, str] = {}
+    out: dict[str, str | None] = {}
+    for r in refs:
+        arch = r.architecture()
+        out[r.name] = seen.get(arch)
+        seen.setdefault(arch, r.name)
+    return out
+
+
+def _measure_all(
+    cfg: BenchConfig,
+    refs: list,
+    benches: dict,
+    devices: list[str],
+    data_dir: Path | None,
+    results: dict[str, Any],
+    progress: Progress,
+) -> None:
+    if cfg.latency:
+        _measure_speed(cfg, refs, benches, devices, results, progress)
+    else:
+        results["skipped"].append(
+            {"what": "latency, PyTorch, OpenVINO, OpenCV timing, pipeline", "reason": "--no-latency"}
+        )
+    if cfg.quality:
+        results["quality"] = _quality(cfg, refs, data_dir, results["skipped"], progress)
+
+
+def _measure_speed(
+    cfg: BenchConfig, refs: list, benches: dict, devices: list[str], results: dict[str, Any], progress: Progress
+) -> None:
+    from benchmarks import latency as lat
+    from benchmarks.peak import peaks
+
+    skipped = results["skipped"]
+    progress(f"peaks: matmul n={cfg.peak_n}, {cfg.threads} threads")
+    results["peaks"] = peaks(cfg.threads, n=cfg.peak_n, repeat=3 if cfg.quick else 5)
+    primary = _primary(refs)
+
+    # ---- latency grid
+    plan = []
+    too_big: set[str] = set()
+    for ref in refs:
+        same_as = primary[ref.name]
+        for device in devices:
+            for p in cfg.precisions:
+                for g in [g for g in ref.graphs if p in ref.bundle.precisions(g)]:
+                    for res in cfg.resolutions:
+                        for b in cfg.batches:
+                            reduced = same_as is not None and not (res == lat.GOAL_RESOLUTION and b == 1)
+                            w, h = lat.parse_resolution(res)
+                            if b > 1 and b * w * h > cfg.max_batch_pixels:
+                                too_big.add(f"batch {b} at {res}")
+                            elif not reduced:
+                                plan.append((ref, device, p, g, res, b))
+        if same_as is not None:
+            skipped.append(
+                {
+                    "what": f"{ref.name}: resolutions other than {lat.GOAL_RESOLUTION} batch 1",
+                    "reason": f"same architecture (same graphs and MACs) as {same_as}, measured in full",
+                }
+            )
+    for what in sorted(too_big):
+        skipped.append(
+            {
+                "what": what,
+                "reason": f"over --max-batch-pixels {cfg.max_batch_pixels} pixels per call (one frame of this size "
+                "already keeps the cores busy)",
+            }
+        )
+    if lat.GOAL_RESOLUTION not in cfg.resolutions:
+        # the goals compare precisions and runtimes at 640x480: measure it even when not asked for in the grid
+        for ref in refs:
+            for p in [p for p in ("fp32", "int8") if p in cfg.precisions]:
+                for g in [g for g in ref.graphs if p in ref.bundle.precisions(g)]:
+                    plan.append((ref, "cpu", p, g, lat.GOAL_RESOLUTION, 1))
+    rows = []
+    for i, (ref, device, p, g, res, b) in enumerate(plan, 1):
+        w, h = lat.parse_resolution(res)
+        progress(f"latency {i}/{len(plan)}: {ref.name} {g} {device} {p} {res} batch {b}")
+        m = benches[ref.name].measure(g, p, device, w, h, b, cfg.warmup, cfg.repeat, cfg.max_seconds)
+        d = m.to_dict()
+        pk = results["peaks"].get("ort_int8_gops" if p == "int8" else "ort_fp32_gflops")
+        d["peak"] = pk
+        d["peak_fraction"] = d["gops"] / pk if d["gops"] and pk else None
+        rows.append(d)
+    results["latency"] = rows
+
+    # ---- OpenCV classical methods at the same resolutions
+    tasks = {r.task for r in refs}
+    ocv = []
+    ocv_res = set(cfg.resolutions) if cfg.quick else set(cfg.resolutions) | {lat.GOAL_RESOLUTION}
+    for res in sorted(ocv_res, key=lambda s: lat.parse_resolution(s)[0]):
+        w, h = lat.parse_resolution(res)
+        progress(f"opencv baselines at {res}")
+        ocv += lat.opencv_latency(
+            w, h, LATENCY_SIGMA, cfg.warmup, min(cfg.repeat, 5 if not cfg.quick else 2), cfg.max_seconds, tasks
+        )
+    results["opencv"] = ocv
+
+    # ---- PyTorch eager and native OpenVINO on the same models and inputs
+    results["int8_vs_fp32"] = _int8_pairs(cfg, refs, benches, progress)
+    results["torch"] = _torch_side(cfg, refs, benches, devices, primary, skipped, progress)
+    results["openvino"] = _openvino_side(cfg, refs, benches, primary, results["stamp"], skipped, progress, rows)
+
+    # ---- `edgeae run` against bare session.run
+    pipe = []
+    for ref in refs:
+        if primary[ref.name] is not None:
+            continue
+        mod = {"anomaly": "edge_runtime.anomaly", "compress": "edge_runtime.codec"}.get(ref.task)
+        if mod and importlib.util.find_spec(mod) is None:
+            skipped.append({"what": f"pipeline vs session.run for {ref.name}", "reason": f"{mod} is not installed"})
+            continue
+        progress(f"pipeline: edgeae run on a 640x480 video ({cfg.pipeline_frames} frames) vs session.run, {ref.name}")
+        pipe.append(lat.pipeline_vs_session(ref, cfg.threads, frames=cfg.pipeline_frames))
+    results["pipeline"] = pipe
+
+
+def _feed(bench: Any, graph: str, w: int, h: int, batch: int) -> tuple[str, Any]:
+    """The exact input onnxruntime got for (graph, resolution, batch): a uint8 frame batch or int32 latents."""
+    from benchmarks import latency as lat
+
+    frames = lat.test_frames(w, h, batch, seed=batch)
+    g = bench.graph("encoder" if graph == "decoder" else graph, "fp32", "cpu")
+    x = lat.make_feed(frames, bench.ref.channels, g.info.input_multiple)
+    if graph != "decoder":
+        return "frame", x
+    return "latent", g.run({"frame": x})["latent"]
+
+
+def _ort_row(
+    rows: list[dict],
+    model: str,
+    graph: str,
+    device: str,
+    precision: str,
+    res: str,
+    batch: int,
+) -> dict | None:
+    for r in rows:
+        if (r["model"], r["graph"], r["device"], r["precision"], r["resolution"], r["batch"]) == (
+            model,
+            graph,
+            device,
+            precision,
+            res,
+            batch,
+        ):
+            return r
+    return None
+
+
+def _int8_pairs(cfg: BenchConfig, refs: list, benches: dict, progress: Progress) -> list[dict[str, Any]]:
+    """INT8 against FP32 inference at the goal resolution, batch 1, interleaved (benchmarks.latency.interleaved)."""
+    from benchmarks import latency as lat
+
+    if not {"fp32", "int8"} <= set(cfg.precisions):
+        return []
+    w, h = lat.parse_resolution(lat.GOAL_RESOLUTION)
+    out = []
+    for ref in refs:
+        for g in [g for g in ref.graphs if {"fp32", "int8"} <= set(ref.bundle.precisions(g))]:
+            progress(f"int8 vs fp32 (interleaved): {ref.name} {g} {lat.GOAL_RESOLUTION}")
+            name, feed = _feed(benches[ref.name], g, w, h, 1)
+            fns = {
+                p: (lambda gr=benches[ref.name].graph(g, p, "cpu"), name=name, feed=feed: gr.run({name: feed}))
+                for p in ("fp32", "int8")
+            }
+            t = lat.interleaved(fns, cfg.warmup, cfg.repeat, cfg.max_seconds)
+            out.append(
+                {
+                    "model": ref.name,
+                    "graph": g,
+                    "resolution": lat.GOAL_RESOLUTION,
+                    "batch": 1,
+                    "threads": cfg.threads,
+                    "fp32": t["fp32"].to_dict(),
+                    "int8": t["int8"].to_dict(),
+                    "speedup": t["fp32"].p50_ms / t["int8"].p50_ms,
+                }
+            )
+    return out
+
+
+def _torch_side(
+    cfg: BenchConfig,
+    refs: list,
+    benches: dict,
+    devices: list[str],
+    primary: dict,
+    skipped: list,
+    progress: Progress,
+) -> list[dict[str, Any]]:
+    from benchmarks import latency as lat
+    from benchmarks import torch_baseline as tb
+
+    if not cfg.torch:
+        skipped.append({"what": "PyTorch eager", "reason": "--no-torch"})
+        return []
+    ok, why = tb.torch_available()
+    if not ok:
+        skipped.append({"what": "PyTorch eager", "reason": why})
+        return []
+    out = []
+    search = _checkpoint_dirs(cfg)
+    for ref in refs:
+        if "fp32" not in ref.precisions():
+            continue
+        run_id = ref.bundle.contract.get("run_id", "")
+        ckpt, why = tb.find_checkpoint(ref.name, str(run_id), search)
+        if ckpt is None:
+            skipped.append({"what": f"PyTorch eager for {ref.name}", "reason": why})
+            continue
+        resolutions = cfg.resolutions if primary[ref.name] is None and not cfg.quick else ()
+        big = [r for r in resolutions if _pixels(r) > cfg.max_batch_pixels]
+        if big:
+            skipped.append(
+                {"what": f"PyTorch eager for {ref.name} at {', '.join(big)}", "reason": "over --max-batch-pixels"}
+            )
+        resolutions = [r for r in resolutions if r not in big]
+        resolutions = list(dict.fromkeys([*resolutions, lat.GOAL_RESOLUTION]))
+        for g in ref.graphs:
+            module = tb.load_graph_module(ckpt, g)
+            graph = benches[ref.name].graph(g, "fp32", "cpu")
+            for res in resolutions:
+                w, h = lat.parse_resolution(res)
+                progress(f"pytorch eager vs onnxruntime: {ref.name} {g} {res} batch 1, {cfg.threads} threads")
+                name, feed = _feed(benches[ref.name], g, w, h, 1)
+                with tb.torch_threads(cfg.threads):
+                    call, outputs = tb.module_call(module, feed)
+                    t = lat.interleaved(
+                        {"torch": call, "ort": lambda graph=graph, name=name, feed=feed: graph.run({name: feed})},
+                        cfg.warmup,
+                        cfg.repeat,
+                        cfg.max_seconds,
+                    )
+                    diff = tb.max_abs_diff(outputs(), list(graph.run({name: feed}).values()))
+                out.append(
+                    {
+                        "model": ref.name,
+                        "graph": g,
+                        "device": "cpu",
+                        "precision": "fp32",
+                        "resolution": res,
+                        "batch": 1,
+                        "threads": cfg.threads,
+                        "checkpoint": str(ckpt),
+                        "timing": t["torch"].to_dict(),
+                        "ort_timing": t["ort"].to_dict(),
+                        "ort_p50_ms": t["ort"].p50_ms,
+                        "ort_speedup": t["torch"].p50_ms / t["ort"].p50_ms,
+                        "max_abs_diff_vs_ort": diff,
+                    }
+                )
+            if "cuda" in devices:
+                w, h = lat.parse_resolution(lat.GOAL_RESOLUTION)
+                _, feed = _feed(benches[ref.name], g, w, h, 1)
+                t_gpu, reason = tb.gpu_fp16_channels_last(module, feed, cfg.warmup, cfg.repeat)
+                if t_gpu is None:
+                    skipped.append({"what": f"PyTorch FP16 channels-last for {ref.name} {g}", "reason": reason})
+                else:
+                    out.append(
+                        {
+                            "model": ref.name,
+                            "graph": g,
+                            "device": "cuda",
+                            "precision": "fp16-channels-last",
+                            "resolution": lat.GOAL_RESOLUTION,
+                            "batch": 1,
+                            "threads": None,
+                            "checkpoint": str(ckpt),
+                            "timing": t_gpu.to_dict(),
+                            "ort_p50_ms": None,
+                            "ort_speedup": None,
+                            "max_abs_diff_vs_ort": None,
+                        }
+                    )
+    return out
+
+
+def _openvino_side(
+    cfg: BenchConfig,
+    refs: list,
+    benches: dict,
+    primary: dict,
+    st: dict,
+    skipped: list,
+    progress: Progress,
+    ort_rows: list[dict],
+) -> list[dict[str, Any]]:
+    from benchmarks import latency as lat
+    from benchmarks import openvino_baseline as ovb
+
+    if not cfg.openvino:
+        skipped.append({"what": "native OpenVINO", "reason": "disabled"})
+        return []
+    ok, why = ovb.openvino_available()
+    if not ok:
+        skipped.append({"what": "native OpenVINO (FP32, BF16, INT8)", "reason": why})
+        return []
+    bf16 = ovb.bf16_supported((st.get("cpu") or {}).get("flags"))
+    if not bf16:
+        skipped.append({"what": "OpenVINO BF16", "reason": "the CPU lists neither avx512_bf16 nor amx_bf16"})
+    out = []
+    for ref in refs:
+        if primary[ref.name] is not None:
+            continue
+        for mode, (file_prec, hint) in ovb.MODES.items():
+            if mode == "bf16" and not bf16:
+                continue
+            if file_prec not in ref.precisions() or file_prec not in cfg.precisions:
+                continue
+            for g in ref.graphs:
+                path = ref.bundle.graph_path(g, file_prec)
+                for res in cfg.resolutions:
+                    w, h = lat.parse_resolution(res)
+                    progress(f"openvino: {ref.name} {g} {mode} {res} batch 1")
+                    name, feed = _feed(benches[ref.name], g, w, h, 1)
+                    timing, _ = ovb.time_openvino(
+                        path, name, feed, hint, cfg.threads, cfg.warmup, cfg.repeat, cfg.max_seconds
+                    )
+                    ort = _ort_row(ort_rows, ref.name, g, "cpu", file_prec, res, 1)
+                    ort_p50 = ort["stages"]["inference"]["p50_ms"] if ort else None
+                    out.append(
+                        {
+                            "model": ref.name,
+                            "graph": g,
+                            "mode": mode,
+                            "file": path.name,
+                            "resolution": res,
+                            "batch": 1,
+                            "threads": cfg.threads,
+                            "timing": timing.to_dict(),
+                            "ort_p50_ms": ort_p50,
+                        }
+                    )
+    return out
+
+
+def _quality(cfg: BenchConfig, refs: list, data_dir: Path | None, skipped: list, progress: Progress) -> dict:
+    from benchmarks import quality as q
+
+    out: dict[str, Any] = {}
+    den = [r for r in refs if r.task == "denoise"]
+    if den:
+        out["denoise"] = q.denoise_quality(
+            den,
+            data_dir,
+            threads=cfg.threads,
+            sigmas=cfg.sigmas,
+            precisions=cfg.precisions,
+            bm3d_images=cfg.bm3d_images,
+            bm3d_sigmas=cfg.bm3d_sigmas,
+            quick=cfg.quick,
+            progress=progress,
+        )
+    comp = [r for r in refs if r.task == "compress"]
+    if comp:
+        out["compress"] = q.compress_quality(
+            comp,
+            data_dir,
+            threads=cfg.threads,
+            precisions=cfg.precisions,
+            quick=cfg.quick,
+            speed_repeat=3 if cfg.quick else 7,
+            progress=progress,
+        )
+    ano = [r for r in refs if r.task == "anomaly"]
+    if ano:
+        if importlib.util.find_spec("benchmarks.anomaly_bench") is None:
+            skipped.append({"what": "anomaly AUROC", "reason": "benchmarks.anomaly_bench is not available"})
+        else:
+            out["anomaly"] = q.anomaly_quality(
+                ano, threads=cfg.threads, precisions=cfg.precisions, quick=cfg.quick, progress=progress
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Goals and report
+
+
+def _goal(
+    goal: str, model: str | None, measured: float | None, target: str, met: bool | None, note: str = "", unit: str = ""
+) -> dict:
+    return {
+        "goal": goal,
+        "model": model,
+        "measured": measured,
+        "unit": unit,
+        "target": target,
+        "met": met,
+        "note": note,
+    }
+
+
+def compute_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, each with the measured value, the target and whether it was met (None: not measured)."""
+    from benchmarks.latency import GOAL_RESOLUTION
+
+    res = GOAL_RESOLUTION
+    rows = results.get("latency", [])
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    goals = []
+    pairs = results.get("int8_vs_fp32", [])
+    for m in models:
+        prs = [p for p in pairs if p["model"] == m]
+        all_graphs = sorted({r["graph"] for r in rows if r["model"] == m})
+        if prs and len(prs) < len(all_graphs):
+            parts = ", ".join(f"{p['graph']} {p['speedup']:.2f}x" for p in prs)
+            goals.append(
+                _goal(
+                    f"INT8 vs FP32 onnxruntime speed-up, {res}",
+                    m,
+                    None,
+                    ">= 2.0x",
+                    None,
+                    f"INT8 only for part of the model ({parts}); the other graph's INT8 was not exported "
+                    "(precision gate)",
+                )
+            )
+        elif prs:
+            fp32 = sum(p["fp32"]["p50_ms"] for p in prs)
+            int8 = sum(p["int8"]["p50_ms"] for p in prs)
+            sp = fp32 / int8
+            goals.append(
+                _goal(
+                    f"INT8 vs FP32 onnxruntime speed-up, {res}",
+                    m,
+                    sp,
+                    ">= 2.0x",
+                    sp >= 2.0,
+                    f"inference p50 {fp32:.1f} -> {int8:.1f} ms ({'+'.join(p['graph'] for p in prs)}), interleaved",
+                    "x",
+                )
+            )
+        else:
+            goals.append(
+                _goal(
+                    f"INT8 vs FP32 onnxruntime speed-up, {res}",
+                    m,
+                    None,
+                    ">= 2.0x",
+                    None,
+                    "no INT8 graph in this bundle (the export's precision gate) or int8/fp32 not requested",
+                )
+            )
+    for m in models:
+        trows = [
+            t for t in results.get("torch", []) if t["model"] == m and t["device"] == "cpu" and t["resolution"] == res
+        ]
+        if trows:
+            tp = sum(t["timing"]["p50_ms"] for t in trows)
+            ort = sum(t["ort_p50_ms"] for t in trows)
+            goals.append(
+                _goal(
+                    f"FP32 onnxruntime vs PyTorch eager, {res}",
+                    m,
+                    tp / ort,
+                    ">= 1.3x",
+                    tp / ort >= 1.3,
+                    f"PyTorch {tp:.1f} ms vs onnxruntime {ort:.1f} ms, same threads and input, interleaved",
+                    "x",
+                )
+            )
+    for p in results.get("pipeline", []):
+        r = p["ratio"]
+        goals.append(
+            _goal(
+                "edgeae run throughput / bare session.run, 640x480 video",
+                p["model"],
+                r,
+                ">= 85 %",
+                None if r is None else r >= 0.85,
+                f"{p['pipeline_fps']:.1f} vs {p['session_fps']:.1f} frames/s",
+                "ratio",
+            )
+        )
+    q = results.get("quality") or {}
+    den = (q.get("denoise") or {}).get("rows", [])
+
+    def find(**kw: Any) -> dict | None:
+        return next((r for r in den if all(r.get(k) == v for k, v in kw.items())), None)
+
+    bm3d = find(method="BM3D", set="bsd68_gray", sigma=25.0) or find(method="BM3D", set="bsd68_gray", sigma=25)
+    if bm3d:
+        for r in den:
+            if r["method"] == "model (BM3D images)" and r["precision"] == "fp32" and float(r["sigma"]) == 25.0:
+                d = r["psnr"] - bm3d["psnr"]
+                goals.append(
+                    _goal(
+                        "gray BSD68 sigma=25 PSNR >= BM3D (same images, same run)",
+                        r["model"],
+                        d,
+                        ">= 0 dB",
+                        d >= 0,
+                        f"{r['psnr']:.2f} vs BM3D {bm3d['psnr']:.2f} dB on {bm3d['images']} images",
+                        "dB",
+                    )
+                )
+                sp = bm3d["ms_per_image"] / r["ms_per_image"]
+                goals.append(
+                    _goal(
+                        "gray denoiser >= 10x faster than BM3D",
+                        r["model"],
+                        sp,
+                        ">= 10x",
+                        sp >= 10,
+                        f"{r['ms_per_image']:.0f} vs {bm3d['ms_per_image']:.0f} ms per image",
+                        "x",
+                    )
+                )
+    for r in den:
+        if r["method"] == "model" and r["precision"] == "fp32" and r["set"] == "set14" and float(r["sigma"]) == 25.0:
+            nlm = next(
+                (x for x in den if x["method"] == "fastNlMeans" and x["set"] == "set14" and float(x["sigma"]) == 25.0),
+                None,
+            )
+            if nlm:
+                d = r["psnr"] - nlm["psnr"]
+                goals.append(
+                    _goal(
+                        "colour Set14 sigma=25: PSNR above fastNlMeansDenoisingColored",
+                        r["model"],
+                        d,
+                        ">= 1.5 dB",
+                        d >= 1.5,
+                        f"{r['psnr']:.2f} vs {nlm['psnr']:.2f} dB",
+                        "dB",
+                    )
+                )
+    comp = q.get("compress") or {}
+    for name, bd in (comp.get("bd") or {}).items():
+        if not name.startswith("edgeae"):
+            continue
+        v = bd["vs JPEG"]["bd_rate_psnr_pct"]
+        goals.append(
+            _goal(
+                f"Bjøntegaard rate vs JPEG (PSNR), {name}",
+                None,
+                v,
+                "<= -25 %",
+                None if v is None else v <= -25.0,
+                "curves do not overlap in PSNR" if v is None else comp.get("source", ""),
+                "%",
+            )
+        )
+    for s in comp.get("speed_640x480", []):
+        goals.append(
+            _goal(
+                f"encode+decode 640x480 vs JPEG at matching PSNR, {s['precision']}",
+                s["model"],
+                s["ratio"],
+                "<= 4x",
+                s["ratio"] <= 4.0,
+                f"{s['encode_ms']:.1f}+{s['decode_ms']:.1f} ms vs JPEG q{s['jpeg_quality']} "
+                f"{s['jpeg_encode_ms']:.2f}+{s['jpeg_decode_ms']:.2f} ms",
+                "x",
+            )
+        )
+    return goals
+
+
+def _stage(row: dict, name: str) -> float | None:
+    st = row["stages"].get(name)
+    return st["p50_ms"] if st else None
+
+
+def build_report(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Add ``goals``, ``tables`` and ``plots`` (PNG files written under ``out_dir``) to the results."""
+    from benchmarks import report as rp
+    from benchmarks.latency import STAGES
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["goals"] = compute_goals(results)
+    tables: list[dict[str, Any]] = []
+    plots: list[dict[str, str]] = []
+    threads = results["config"]["threads"]
+    tables.append(
+        {
+            "title": "Goals",
+            "columns": ["goal", "model", "measured", "target", "met", "how"],
+            "rows": [
+                [
+                    g["goal"],
+                    g["model"] or "",
+                    g["measured"],
+                    g["target"],
+                    "—" if g["met"] is None else ("yes" if g["met"] else "NO"),
+                    g["note"],
+                ]
+                for g in results["goals"]
+            ],
+            "formats": [None, None, ".2f", None, None, None],
+            "note": f"all from this run, {threads} threads; ratios of p50 latencies measured back to back",
+        }
+    )
+    pk = results.get("peaks") or {}
+    tables.append(
+        {
+            "title": "Measured peaks (same run)" if pk else "Measured peaks: not measured (--no-latency)",
+            "columns": ["what", "value"],
+            "rows": [
+                ["numpy FP32 matmul GFLOP/s", pk.get("numpy_fp32_gflops")],
+                ["onnxruntime FP32 MatMul GFLOP/s", pk.get("ort_fp32_gflops")],
+                ["onnxruntime u8s8 MatMulInteger GOP/s", pk.get("ort_int8_gops")],
+                ["matrix size n", pk.get("n")],
+                ["threads", pk.get("threads")],
+            ],
+            "note": "square n x n matmuls: close to the best case; conv layers reach less",
+        }
+    )
+    stage_cols = [s for s in STAGES if any(s in r["stages"] for r in results.get("latency", []))]
+    lat_rows = []
+    for r in results.get("latency", []):
+        inf = r["stages"]["inference"]
+        lat_rows.append(
+            [
+                r["model"],
+                r["graph"],
+                r["device"],
+                r["precision"],
+                r["resolution"],
+                r["batch"],
+                *[_stage(r, s) for s in stage_cols if s != "inference"],
+                inf["p50_ms"],
+                inf["p95_ms"],
+                inf["p99_ms"],
+                r["total"]["p50_ms"],
+                r["fps"],
+                r["gops"],
+                None if r["peak_fraction"] is None else 100 * r["peak_fraction"],
+                inf["n"],
+            ]
+        )
+    tables.append(
+        {
+            "title": "Latency per stage (ms, p50 unless marked) and compute efficiency",
+            "columns": [
+                "model",
+                "graph",
+                "device",
+                "precision",
+                "resolution",
+                "batch",
+                *[s for s in stage_cols if s != "inference"],
+                "inference p50",
+                "inference p95",
+                "inference p99",
+                "total p50",
+                "frames/s",
+                "GFLOP/s (GOP/s int8)",
+                "% of peak",
+                "n",
+            ],
+            "rows": lat_rows,
+            "note": f"{threads} onnxruntime threads; per call of `batch` frames; frames/s end to end from the mean; "
+            "GFLOP/s = 2 x edgeae.macs_per_pixel x pixels x batch / inference p50; peak = onnxruntime MatMul "
+            "(FP32, or u8s8 for INT8) measured in this run",
+        }
+    )
+    tables.append(
+        {
+            "title": "OpenCV classical methods (single frame)",
+            "columns": ["task", "method", "resolution", "p50 ms", "p95 ms", "n"],
+            "rows": [
+                [
+                    o["task"],
+                    o["method"],
+                    o["resolution"],
+                    o["timing"]["p50_ms"],
+                    o["timing"]["p95_ms"],
+                    o["timing"]["n"],
+                ]
+                for o in results.get("opencv", [])
+            ],
+            "note": f"fastNlMeans at sigma {LATENCY_SIGMA:g} with the h of benchmarks.baselines.nlm_h",
+        }
+    )
+    if results.get("int8_vs_fp32"):
+        tables.append(
+            {
+                "title": "INT8 vs FP32 onnxruntime (interleaved, same input)",
+                "columns": ["model", "graph", "resolution", "FP32 p50 ms", "INT8 p50 ms", "speed-up", "n"],
+                "rows": [
+                    [
+                        p["model"],
+                        p["graph"],
+                        p["resolution"],
+                        p["fp32"]["p50_ms"],
+                        p["int8"]["p50_ms"],
+                        p["speedup"],
+                        p["fp32"]["n"],
+                    ]
+                    for p in results["int8_vs_fp32"]
+                ],
+                "note": "inference (RuntimeGraph.run) only, batch 1; the two sessions alternate in blocks",
+            }
+        )
+    if results.get("torch"):
+        tables.append(
+            {
+                "title": "PyTorch eager vs onnxruntime (same model, threads and input)",
+                "columns": [
+                    "model",
+                    "graph",
+                    "device",
+                    "precision",
+                    "resolution",
+                    "PyTorch p50 ms",
+                    "onnxruntime FP32 p50 ms",
+                    "onnxruntime speed-up",
+                    "max |diff|",
+                ],
+                "rows": [
+                    [
+                        t["model"],
+                        t["graph"],
+                        t["device"],
+                        t["precision"],
+                        t["resolution"],
+                        t["timing"]["p50_ms"],
+                        t["ort_p50_ms"],
+                        t["ort_speedup"],
+                        t["max_abs_diff_vs_ort"],
+                    ]
+                    for t in results["torch"]
+                ],
+                "note": "PyTorch runs the uint8-in/uint8-out wrapper the exporter traced, loaded from the "
+                "checkpoint whose weights hash matches the bundle's run_id; max |diff| of outputs "
+                "(uint8 levels for images)",
+            }
+        )
+    if results.get("openvino"):
+        tables.append(
+            {
+                "title": "Native OpenVINO vs onnxruntime (same ONNX file and input)",
+                "columns": ["model", "graph", "mode", "file", "resolution", "OpenVINO p50 ms", "onnxruntime p50 ms"],
+                "rows": [
+                    [
+                        o["model"],
+                        o["graph"],
+                        o["mode"],
+                        o["file"],
+                        o["resolution"],
+                        o["timing"]["p50_ms"],
+                        o["ort_p50_ms"],
+                    ]
+                    for o in results["openvino"]
+                ],
+            }
+        )
+    if results.get("pipeline"):
+        tables.append(
+            {
+                "title": "edgeae run (full pipeline) vs bare session.run",
+                "columns": ["model", "video", "frames", "pipeline frames/s", "session.run frames/s", "ratio"],
+                "rows": [
+                    [p["model"], p["resolution"], p["frames"], p["pipeline_fps"], p["session_fps"], p["ratio"]]
+                    for p in results["pipeline"]
+                ],
+                "note": "pipeline: run_pipeline on an MJPEG .avi (capture thread, decode, conversion, padding, "
+                "inference, outputs); bare: session.run on the same frames already decoded",
+            }
+        )
+    _quality_tables(results, tables)
+    if results.get("skipped"):
+        tables.append(
+            {
+                "title": "Not measured",
+                "columns": ["what", "why"],
+                "rows": [[s["what"], s["reason"]] for s in results["skipped"]],
+            }
+        )
+    plots += _plots(results, out_dir, rp)
+    results["tables"] = tables
+    results["plots"] = plots
+    return results
+
+
+def _quality_tables(results: dict[str, Any], tables: list[dict[str, Any]]) -> None:
+    q = results.get("quality") or {}
+    den = q.get("denoise")
+    if den:
+        tables.append(
+            {
+                "title": "Denoising quality",
+                "columns": ["set", "sigma", "method", "model", "precision", "images", "PSNR dB", "SSIM", "ms/image"],
+                "rows": [
+                    [
+                        r["set"],
+                        r["sigma"],
+                        r["method"],
+                        r["model"] or "",
+                        r["precision"] or "",
+                        r["images"],
+                        r["psnr"],
+                        r["ssim"],
+                        r["ms_per_image"],
+                    ]
+                    for r in den["rows"]
+                ],
+                "formats": [None, "g", None, None, None, None, ".2f", ".4f", None],
+                "note": f"noise: {den['noise']}; images: {den['sources']}; BM3D on the first "
+                f"{den['bm3d']['images']} BSD68 images at sigma {den['bm3d']['sigmas']}",
+            }
+        )
+        deltas = []
+        for r in den["rows"]:
+            if r["method"] != "model" or r["precision"] == "fp32":
+                continue
+            base = next(
+                (
+                    x
+                    for x in den["rows"]
+                    if x["method"] == "model"
+                    and x["precision"] == "fp32"
+                    and x["model"] == r["model"]
+                    and x["set"] == r["set"]
+                    and x["sigma"] == r["sigma"]
+                ),
+                None,
+            )
+            if base:
+                deltas.append(
+                    [
+                        r["model"],
+                        r["set"],
+                        r["sigma"],
+                        r["precision"],
+                        r["psnr"] - base["psnr"],
+                        r["ssim"] - base["ssim"],
+                    ]
+                )
+        if deltas:
+            tables.append(
+                {
+                    "title": "Denoising: FP16 / INT8 minus FP32",
+                    "columns": ["model", "set", "sigma", "precision", "ΔPSNR dB", "ΔSSIM"],
+                    "rows": deltas,
+                    "formats": [None, None, "g", None, "+.3f", "+.4f"],
+                }
+            )
+    comp = q.get("compress")
+    if comp:
+        rows = [
+            [m["model"], m["precision"], m["quality"], m["bpp"], m["psnr"], m["ms_ssim"]] for m in comp["per_model"]
+        ]
+        for name in ("jpeg", "webp"):
+            c = comp[name]
+            rows += [
+                [name.upper() if name == "jpeg" else "WebP", "", qv, b, p, s]
+                for qv, b, p, s in zip(c["quality"], c["bpp"], c["psnr"], c["ms_ssim"], strict=True)
+            ]
+        tables.append(
+            {
+                "title": f"Compression rate-distortion ({comp['source']}, {comp['images']} images)",
+                "columns": ["codec", "precision", "quality", "bpp", "PSNR dB", "MS-SSIM"],
+                "rows": rows,
+                "formats": [None, None, None, ".4f", ".2f", ".4f"],
+                "note": f"means over the images; bpp {comp['bpp_from']}; PSNR and MS-SSIM over the three "
+                "colour channels",
+            }
+        )
+        bd_rows = []
+        for name, d in comp["bd"].items():
+            for ref, v in d.items():
+                bd_rows.append([name, ref, v["bd_rate_psnr_pct"], v["bd_rate_msssim_pct"], v["bd_psnr_db"]])
+        tables.append(
+            {
+                "title": "Bjøntegaard deltas",
+                "columns": ["codec", "against", "BD-rate % (PSNR)", "BD-rate % (MS-SSIM dB)", "BD-PSNR dB"],
+                "rows": bd_rows,
+                "formats": [None, None, "+.1f", "+.1f", "+.2f"],
+                "note": "negative BD-rate: fewer bits at equal quality; — where the curves do not overlap",
+            }
+        )
+        tables.append(
+            {
+                "title": "Codec speed at 640x480 vs JPEG at matching PSNR",
+                "columns": [
+                    "model",
+                    "precision",
+                    "PSNR dB",
+                    "bpp",
+                    "encode ms",
+                    "decode ms",
+                    "JPEG q",
+                    "JPEG PSNR",
+                    "JPEG enc ms",
+                    "JPEG dec ms",
+                    "ratio",
+                ],
+                "rows": [
+                    [
+                        s["model"],
+                        s["precision"],
+                        s["psnr"],
+                        s["bpp"],
+                        s["encode_ms"],
+                        s["decode_ms"],
+                        s["jpeg_quality"],
+                        s["jpeg_psnr"],
+                        s["jpeg_encode_ms"],
+                        s["jpeg_decode_ms"],
+                        s["ratio"],
+                    ]
+                    for s in comp["speed_640x480"]
+                ],
+                "note": "medians; encode = frame to frame record (graph + entropy coding), decode = record to "
+                "frame; JPEG q = lowest quality whose PSNR reaches the codec's",
+            }
+        )
+    ano = q.get("anomaly")
+    if ano:
+        tables.append(
+            {
+                "title": "Anomaly detection (synthetic defects, benchmarks/anomaly_bench.py)",
+                "columns": [
+                    "model",
+                    "precision",
+                    "image AUROC (calibrated)",
+                    "pixel AUROC (calibrated)",
+                    "image AUROC (generic)",
+                    "pixel AUROC (generic)",
+                    "seconds",
+                ],
+                "rows": [
+                    [
+                        r["model"],
+                        r["precision"],
+                        r["mean"]["local"]["image_auroc"],
+                        r["mean"]["local"]["pixel_auroc"],
+                        r["mean"]["generic"]["image_auroc"],
+                        r["mean"]["generic"]["pixel_auroc"],
+                        r["seconds"],
+                    ]
+                    for r in ano["rows"]
+                ],
+                "formats": [None, None, ".3f", ".3f", ".3f", ".3f", None],
+            }
+        )
+
+
+def _plots(results: dict[str, Any], out_dir: Path, rp: Any) -> list[dict[str, str]]:
+    plots = []
+    by_model: dict[str, list[dict]] = {}
+    for r in results.get("latency", []):
+        if r["device"] == "cpu" and r["batch"] == 1:
+            by_model.setdefault(r["model"], []).append(r)
+    for model, rows in by_model.items():
+        per: dict[tuple[str, str], dict] = {}
+        for r in rows:  # a codec's two graphs add up
+            k = (r["resolution"], r["precision"])
+            cur = per.setdefault(
+                k, {"resolution": r["resolution"], "precision": r["precision"], "p50_ms": 0.0, "p95_ms": 0.0}
+            )
+            cur["p50_ms"] += r["stages"]["inference"]["p50_ms"]
+            cur["p95_ms"] += r["stages"]["inference"]["p95_ms"]
+        if len({k[0] for k in per}) < 2 and len(by_model) > 1 and model not in _full_models(results):
+            continue
+        path = out_dir / f"latency_{model}.png"
+        rp.plot_latency(
+            list(per.values()),
+            path,
+            title=f"{model}: inference latency, batch 1, {results['config']['threads']} threads",
+        )
+        plots.append({"title": f"Latency by precision and resolution: {model}", "path": path.name})
+    comp = (results.get("quality") or {}).get("compress")
+    if comp:
+        curves = {n: (c["bpp"], c["psnr"]) for n, c in comp["curves"].items()}
+        curves["JPEG"] = (comp["jpeg"]["bpp"], comp["jpeg"]["psnr"])
+        curves["WebP"] = (comp["webp"]["bpp"], comp["webp"]["psnr"])
+        rp.plot_rd(curves, out_dir / "rd_curve.png", title=f"Rate-distortion, {comp['source']}")
+        plots.append({"title": "Rate-distortion (PSNR)", "path": "rd_curve.png"})
+        _plot_msssim(comp, out_dir / "rd_curve_msssim.png", rp)
+        plots.append({"title": "Rate-distortion (MS-SSIM)", "path": "rd_curve_msssim.png"})
+    den = (results.get("quality") or {}).get("denoise")
+    if den:
+        pts = _speed_points(den["rows"])
+        if pts:
+            rp.plot_psnr_vs_speed(
+                [p[:3] for p in pts], out_dir / "psnr_vs_speed.png", title=f"Denoising: PSNR vs time ({pts[0][3]})"
+            )
+            plots.append({"title": "Denoising: PSNR vs speed", "path": "psnr_vs_speed.png"})
+    return plots
+
+
+def _full_models(results: dict[str, Any]) -> set[str]:
+    return {r["model"] for r in results.get("latency", []) if r["resolution"] != "640x480"}
+
+
+def _speed_points(rows: list[dict]) -> list[tuple[str, float, float, str]]:
+    """(name, ms, PSNR, set) at sigma 25 on the BM3D set when BM3D ran, else the first set."""
+    at25 = [r for r in rows if float(r["sigma"]) == 25.0 and r["ms_per_image"]]
+    if not at25:
+        return []
+    bm3d = next((r for r in at25 if r["method"] == "BM3D"), None)
+    if bm3d:
+        sel = [r for r in at25 if r["set"] == bm3d["set"] and r["method"] in ("BM3D", "model (BM3D images)")]
+        sel += [r for r in at25 if r["set"] == bm3d["set"] and r["method"] == "fastNlMeans"]
+    else:
+        first = at25[0]["set"]
+        sel = [r for r in at25 if r["set"] == first and r["method"] in ("model", "fastNlMeans")]
+    pts = []
+    for r in sel:
+        name = r["method"] if r["model"] is None else f"{r['model']} {r['precision']}"
+        pts.append((name, float(r["ms_per_image"]), float(r["psnr"]), f"{r['set']}, sigma 25"))
+    return pts
+
+
+def _plot_msssim(comp: dict[str, Any], path: Path, rp: Any) -> None:
+    import numpy as np
+
+    fig = rp._figure()
+    ax = fig.add_subplot()
+    series = {n: (c["bpp"], c["ms_ssim"]) for n, c in comp["curves"].items()}
+    series["JPEG"] = (comp["jpeg"]["bpp"], comp["jpeg"]["ms_ssim"])
+    series["WebP"] = (comp["webp"]["bpp"], comp["webp"]["ms_ssim"])
+    for name, (bpp, ms) in series.items():
+        order = np.argsort(np.asarray(bpp, float))
+        ax.plot(np.asarray(bpp, float)[order], np.asarray(ms, float)[order], marker="o", ms=3, label=name)
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("MS-SSIM (RGB)")
+    ax.set_title(f"Rate-distortion (MS-SSIM), {comp['source']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    rp._save(fig, path)
+
+
+def write_outputs(results: dict[str, Any], out: str | os.PathLike) -> tuple[Path, Path]:
+    """Goals, tables and plots into ``out``; then results.json and README.md (benchmarks.report.write_report)."""
+    from benchmarks.report import write_report
+
+    out_dir = Path(out)
+    build_report(results, out_dir)
+    return write_report(results, out_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    parts = _csv(text)
+    if parts is None:
+        return None
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+@click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--models",
+    "models",
+    default="models",
+    show_default=True,
+    type=click.Path(),
+    help="Folder of model bundles (or one bundle).",
+)
+@click.option("--only", default=None, help="Comma-separated bundle names to measure (default: all under --models).")
+@click.option("--precisions", default=None, help="Comma-separated precisions [default: fp32,fp16,int8, those present].")
+@click.option(
+    "--resolutions",
+    default=None,
+    help="Comma-separated WxH [default: 256x256,640x480,1280x720,1920x1080; --quick: 256x256].",
+)
+@click.option("--batch", "batches", default=None, help="Comma-separated batch sizes [default: 1,4; --quick: 1,2].")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Intra-op threads for onnxruntime, PyTorch and OpenVINO alike [default: usable cores].",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(1),
+    default=None,
+    help="Timed calls per configuration (fewer, never under 5, when --max-seconds would be exceeded) "
+    "[default: 20; --quick: 3].",
+)
+@click.option(
+    "--max-batch-pixels",
+    type=click.IntRange(1),
+    default=None,
+    help="Skip batches larger than this many pixels per call, and PyTorch above it [default: 1300000].",
+)
+@click.option("--warmup", type=click.IntRange(0), default=None, help="Untimed calls first [default: 2; --quick: 1].")
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(0),
+    default=None,
+    help="Time budget per configuration [default: 8; --quick: 1].",
+)
+@click.option(
+    "--device",
+    "devices",
+    default=None,
+    help="Comma-separated onnxruntime devices (cpu, cuda, openvino). Default: cpu plus every GPU provider "
+    "present; a requested device that is missing is an error (exit 4).",
+)
+@click.option("--allow-missing-device", is_flag=True, help="Skip (and record) requested devices that are missing.")
+@click.option("--quality", is_flag=True, help="Also measure task quality: denoising, compression RD, anomaly AUROC.")
+@click.option(
+    "--latency/--no-latency",
+    default=True,
+    show_default=True,
+    help="Measure speed (latency grid, PyTorch, OpenVINO, OpenCV, pipeline); --no-latency --quality: quality only.",
+)
+@click.option(
+    "--data",
+    type=click.Path(),
+    default=None,
+    help="Benchmark image folder (bsd68_gray, set12_gray, set14) [default: ../shared/data if present, "
+    "else scikit-image's photographs].",
+)
+@click.option(
+    "--bm3d-images",
+    type=click.IntRange(0),
+    default=None,
+    help="BSD68 images BM3D runs on (about 11 s each on 2 cores) [default: 68; --quick: 1].",
+)
+@click.option("--bm3d-sigmas", default=None, help="Noise levels BM3D runs at [default: 25].")
+@click.option(
+    "--checkpoints",
+    default=None,
+    help="Comma-separated folders holding NAME/{config.json,best.safetensors} for PyTorch "
+    "[default: MODELS/checkpoints, then runs/].",
+)
+@click.option(
+    "--out",
+    default="bench-out",
+    show_default=True,
+    type=click.Path(),
+    help="Output folder: results.json, README.md, PNG plots.",
+)
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch eager comparison.")
+@click.option("--no-openvino", is_flag=True, help="Skip native OpenVINO even when installed.")
+@click.option("--quick", is_flag=True, help="A small subset in seconds (smoke test).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def bench(
+    models,
+    only,
+    precisions,
+    resolutions,
+    batches,
+    threads,
+    repeat,
+    max_batch_pixels,
+    warmup,
+    max_seconds,
+    devices,
+    allow_missing_device,
+    quality,
+    latency,
+    data,
+    bm3d_images,
+    bm3d_sigmas,
+    checkpoints,
+    out,
+    no_torch,
+    no_openvino,
+    quick,
+    quiet,
+):
+    """Measure latency and quality of model bundles against PyTorch, OpenVINO and OpenCV, in one stamped run.
+
+    \b
+    Latency: warm-up, then p50/p95/p99 and throughput per stage (decode, preprocess, entropy coding,
+    inference, postprocess, write) for each device, precision, resolution and batch size; achieved GFLOP/s
+    (GOP/s for INT8) against matmul peaks measured in the same run. Side by side: PyTorch eager on the
+    same checkpoint, native OpenVINO on the same ONNX files (when installed), OpenCV's classical methods,
+    and the full `edgeae run` loop against bare session.run. --quality adds PSNR/SSIM against fastNlMeans
+    and BM3D, codec rate-distortion against JPEG and WebP, and anomaly AUROC.
+
+    \b
+    Writes OUT/results.json, OUT/README.md (tables, goals) and PNG plots.
+    Exit codes: 2 bad options, 3 missing or bad data, 4 a bundle or device rejected.
+    """
+    kw = dict(
+        models=models,
+        only=_csv(only) or (),
+        precisions=_csv(precisions),
+        resolutions=_csv(resolutions),
+        batches=_ints(batches, "--batch"),
+        threads=threads,
+        repeat=repeat,
+        warmup=warmup,
+        max_batch_pixels=max_batch_pixels,
+        max_seconds=max_seconds,
+        devices=_csv(devices) or (),
+        allow_missing_device=allow_missing_device,
+        quality=quality,
+        latency=latency,
+        data=data,
+        bm3d_images=bm3d_images,
+        bm3d_sigmas=tuple(float(s) for s in _csv(bm3d_sigmas) or ()) or None,
+        checkpoints=_csv(checkpoints) or (),
+        out=out,
+        torch=not no_torch,
+        openvino=not no_openvino,
+    )
+    kw = {k: v for k, v in kw.items() if v is not None}
+    cfg = BenchConfig.quick_defaults(**kw) if quick else BenchConfig(**kw)
+    results = run_bench(cfg, Progress(not quiet))
+    json_path, md_path = write_outputs(results, cfg.out)
+    for g in results["goals"]:
+        met = "—" if g["met"] is None else ("met" if g["met"] else "NOT met")
+        val = "n/a" if g["measured"] is None else f"{g['measured']:.2f}"
+        click.echo(f"{g['goal']:<62} {g['model'] or '':<15} {val:>8} {g['target']:<9} {met}")
+    click.echo(f"wrote {json_path} and {md_path} ({results['elapsed_s']:.0f} s)")

@@ -1,0 +1,651 @@
+"""`edgeae bench` on tiny but real bundles: small conv autoencoders (untrained) exported to ONNX once per module.
+
+Nothing here reads ../shared/data: quality runs get a --data folder of tiny images made in the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from benchmarks import latency as lat  # noqa: E402
+from edge_runtime import errors  # noqa: E402
+from edge_runtime.cli import cli  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+def _meta(task: str, graph: str, precision: str, cfg: dict, macs: int, run_id: str, extra: dict | None = None) -> dict:
+    c = int(cfg["channels"])
+    meta = {
+        "schema_version": "1",
+        "task": task,
+        "graph": graph,
+        "channel_order": "BGR" if c == 3 else "GRAY",
+        "channels": str(c),
+        "input_multiple": str(cfg["multiple"]),
+        "max_side": "8192",
+        "precision": precision,
+        "quality": str(cfg.get("quality", "")) if task == "compress" else "",
+        "parent_sha256": "0" * 64,
+        "run_id": run_id,
+        "model_config": json.dumps(cfg, sort_keys=True),
+        "macs_per_pixel": str(macs),
+    }
+    meta.update(extra or {})
+    return {f"edgeae.{k}": v for k, v in meta.items()}
+
+
+def _export(module, example, inputs: list[str], outputs: list[str], axes: dict, meta: dict) -> bytes:
+    """torch.onnx.export (legacy exporter, opset 17, dynamic N/H/W) + metadata_props; returns the bytes."""
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            buf,
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes=axes,
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    onnx.helper.set_model_props(model, meta)
+    return model.SerializeToString()
+
+
+def _int8(fp32: bytes, input_name: str, feeds: list[np.ndarray], tmp: Path) -> bytes:
+    """Static QDQ INT8 of the Conv layers (onnxruntime.quantization), metadata kept with precision int8."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {input_name: x}
+
+    src, dst = tmp / "q_in.onnx", tmp / "q_out.onnx"
+    src.write_bytes(fp32)
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    model = onnx.load(str(dst))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["edgeae.precision"] = "int8"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    return model.SerializeToString()
+
+
+def _write_bundle(
+    root: Path,
+    task: str,
+    files: dict[tuple[str, str], bytes],
+    contract: dict,
+    extra: dict | None = None,
+    calibration: dict | None = None,
+) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    listed = {}
+    for (graph, precision), data in files.items():
+        name = f"{graph}.{precision}.onnx"
+        (root / name).write_bytes(data)
+        listed[name] = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "graph": graph,
+            "precision": precision,
+        }
+    for name, data in (extra or {}).items():
+        (root / name).write_bytes(data)
+        listed[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest = {
+        "format": "edgeae-bundle",
+        "schema_version": 1,
+        "task": task,
+        "name": root.name,
+        "files": listed,
+        "contract": contract,
+        "calibration": calibration or {},
+        "versions": {"edgeae": "0.1.0"},
+        "command": "tests",
+        "created": "2026-01-01T00:00:00Z",
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return root
+
+
+def _checkpoint(ckpt_root: Path, name: str, task: str, model, cfg: dict) -> str:
+    """config.json + best.safetensors as training writes them; returns the run_id naming those weights."""
+    from training.checkpoint import save_weights
+
+    d = ckpt_root / name
+    d.mkdir(parents=True, exist_ok=True)
+    save_weights(model, d / "best.safetensors")
+    (d / "config.json").write_text(json.dumps({"task": task, "model": cfg}))
+    return f"{name}@{hashlib.sha256((d / 'best.safetensors').read_bytes()).hexdigest()[:16]}"
+
+
+_FRAME_AXES = {0: "N", 1: "H", 2: "W"}
+
+
+def make_tiny_bundles(root: Path) -> tuple[Path, Path]:
+    """models/{denoise-gray (fp32, fp16, int8), denoise-color, compress-q1, compress-q2, anomaly} and checkpoints/."""
+    from dataclasses import asdict
+
+    from edge_runtime.entropy import tables_from_pmf, tables_to_json
+    from export.onnx_export import to_fp16
+    from training.anomaly_model import AnomalyAE, AnomalyConfig, AnomalyFrameGraph
+    from training.compress_model import Codec, CompressConfig, DecoderGraph, EncoderGraph
+    from training.denoise_model import DenoiseConfig, DenoiseFrameGraph, DenoiseUNet
+    from training.layers import count_macs
+
+    torch.manual_seed(0)
+    models, ckpts = root / "models", root / "checkpoints"
+    probe = lambda c: torch.zeros(1, c, 64, 64)  # noqa: E731
+    frame = lambda c: torch.zeros(1, 32, 32, c, dtype=torch.uint8)  # noqa: E731
+    rng = np.random.default_rng(0)
+
+    for name, channels in (("denoise-gray", 1), ("denoise-color", 3)):
+        cfg = asdict(DenoiseConfig(channels=channels, width=8, depth=1))
+        net = DenoiseUNet(DenoiseConfig(**cfg)).eval()
+        run_id = _checkpoint(ckpts, name, "denoise", net, cfg)
+        macs = count_macs(net, probe(channels)) // (64 * 64)
+        meta = _meta("denoise", "denoise", "fp32", cfg, macs, run_id)
+        fp32 = _export(
+            DenoiseFrameGraph(net),
+            frame(channels),
+            ["frame"],
+            ["denoised"],
+            {"frame": _FRAME_AXES, "denoised": _FRAME_AXES},
+            meta,
+        )
+        files = {("denoise", "fp32"): fp32}
+        if channels == 1:
+            feeds = [rng.integers(0, 256, (1, 32, 32, 1), dtype=np.uint8) for _ in range(4)]
+            files[("denoise", "int8")] = _int8(fp32, "frame", feeds, root)
+            m16 = to_fp16(onnx.load_from_string(fp32), [])
+            props = {p.key: p.value for p in m16.metadata_props}
+            props["edgeae.precision"] = "fp16"
+            del m16.metadata_props[:]
+            onnx.helper.set_model_props(m16, props)
+            files[("denoise", "fp16")] = m16.SerializeToString()
+        contract = {k.removeprefix("edgeae."): v for k, v in meta.items()}
+        _write_bundle(models / name, "denoise", files, contract)
+
+    for q in (1, 2):
+        name = f"compress-q{q}"
+        cfg = asdict(CompressConfig(channels=3, n=8, m=8, quality=q))
+        codec = Codec(CompressConfig(**cfg)).eval()
+        with torch.no_grad():  # different weights per level, so the two points differ in rate
+            for p in codec.g_a.parameters():
+                p.mul_(1.0 + 0.5 * q)
+        run_id = _checkpoint(ckpts, name, "compress", codec, cfg)
+        lat_meta = {"latent.channels": "8", "latent.stride": "16", "latent.quantization": "round"}
+        enc_meta = _meta("compress", "encoder", "fp32", cfg, count_macs(codec.g_a, probe(3)) // 4096, run_id, lat_meta)
+        dec_macs = count_macs(codec.g_s, torch.zeros(1, 8, 4, 4)) // 4096
+        dec_meta = _meta("compress", "decoder", "fp32", cfg, dec_macs, run_id, lat_meta)
+        enc = _export(
+            EncoderGraph(codec),
+            frame(3),
+            ["frame"],
+            ["latent"],
+            {"frame": _FRAME_AXES, "latent": {0: "N", 2: "h", 3: "w"}},
+            enc_meta,
+        )
+        dec = _export(
+            DecoderGraph(codec),
+            torch.zeros(1, 8, 2, 2, dtype=torch.int32),
+            ["latent"],
+            ["frame"],
+            {"latent": {0: "N", 2: "h", 3: "w"}, "frame": _FRAME_AXES},
+            dec_meta,
+        )
+        pmf, offset = codec.prior.integer_pmf()
+        tables = json.dumps(tables_to_json(tables_from_pmf(pmf, offset))).encode()
+        contract = {
+            k.removeprefix("edgeae."): v
+            for k, v in enc_meta.items()
+            if k not in ("edgeae.graph", "edgeae.precision", "edgeae.macs_per_pixel", "edgeae.parent_sha256")
+        }
+        _write_bundle(
+            models / name,
+            "compress",
+            {("encoder", "fp32"): enc, ("decoder", "fp32"): dec},
+            contract,
+            extra={"entropy.json": tables},
+        )
+
+    cfg = asdict(AnomalyConfig(channels=3, width=8, features=8))
+    net = AnomalyAE(AnomalyConfig(**cfg)).eval()
+    run_id = _checkpoint(ckpts, "anomaly", "anomaly", net, cfg)
+    cal = {"threshold": "3.0", "norm_mean": "0.1", "norm_std": "0.05"}
+    meta = _meta(
+        "anomaly",
+        "anomaly",
+        "fp32",
+        cfg,
+        count_macs(net, probe(3)) // 4096,
+        run_id,
+        {f"anomaly.{k}": v for k, v in cal.items()},
+    )
+    axes = {"frame": _FRAME_AXES, "anomaly_map": _FRAME_AXES, "score": {0: "N"}, "features": {0: "N", 2: "h", 3: "w"}}
+    data = _export(AnomalyFrameGraph(net), frame(3), ["frame"], ["anomaly_map", "score", "features"], axes, meta)
+    _write_bundle(
+        models / "anomaly",
+        "anomaly",
+        {("anomaly", "fp32"): data},
+        {k.removeprefix("edgeae."): v for k, v in meta.items()},
+        calibration={k: float(v) for k, v in cal.items()},
+    )
+    return models, ckpts
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_tiny_bundles(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    models, ckpts = tiny
+    out = tmp_path_factory.mktemp("bench-out")
+    res = CliRunner().invoke(
+        cli,
+        ["bench", "--models", str(models), "--checkpoints", str(ckpts), "--quick", "--threads", "1", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return out, json.loads((out / "results.json").read_text()), res.output
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(cli, ["bench", *args])
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG_MAGIC and cv2.imread(str(path)) is not None
+
+
+# ---------------------------------------------------------------------------------------------------- the quick run
+
+
+def test_quick_run_writes_stamped_json_markdown_and_pngs(quick_run: tuple[Path, dict, str]) -> None:
+    out, results, output = quick_run
+    assert results["complete"] is True
+    st = results["stamp"]
+    for key in ("date_utc", "cpu", "packages", "ort_providers", "git_commit", "threads"):
+        assert key in st
+    assert st["threads"]["requested"] == 1
+    assert results["config"]["threads"] == 1 and results["config"]["quick"] is True
+    md = (out / "README.md").read_text()
+    for title in (
+        "## Goals",
+        "## Latency per stage",
+        "## Measured peaks",
+        "## PyTorch eager vs onnxruntime",
+        "## edgeae run (full pipeline) vs bare session.run",
+        "## Not measured",
+    ):
+        assert title in md, title
+    assert "| model | graph | device | precision | resolution | batch |" in md
+    pngs = sorted(out.glob("*.png"))
+    assert pngs and all(_is_png(p) for p in pngs)
+    for plot in results["plots"]:
+        assert (out / plot["path"]).is_file() and f"]({plot['path']})" in md
+    assert "wrote" in output
+
+
+def test_latency_rows_have_stages_percentiles_and_throughput(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    rows = results["latency"]
+    seen = {(r["model"], r["graph"], r["precision"], r["resolution"], r["batch"]) for r in rows}
+    # every graph of every bundle, every precision present, batch 1 and 2 at the quick resolution
+    for key in [("denoise-gray", "denoise", p, "256x256", b) for p in ("fp32", "fp16", "int8") for b in (1, 2)] + [
+        ("compress-q1", "encoder", "fp32", "256x256", 2),
+        ("compress-q1", "decoder", "fp32", "256x256", 1),
+        ("anomaly", "anomaly", "fp32", "256x256", 1),
+        ("denoise-gray", "denoise", "int8", "640x480", 1),  # the goal resolution is always measured
+    ]:
+        assert key in seen, key
+    # compress-q2 has compress-q1's architecture: only the goal point
+    assert {(r["resolution"], r["batch"]) for r in rows if r["model"] == "compress-q2"} == {("640x480", 1)}
+    expected_stages = {
+        "denoise": ["decode", "preprocess", "inference", "postprocess", "write"],
+        "anomaly": ["decode", "preprocess", "inference", "postprocess", "write"],
+        "encoder": ["decode", "preprocess", "entropy", "inference", "write"],
+        "decoder": ["entropy", "inference", "postprocess", "write"],
+    }
+    for r in rows:
+        assert sorted(r["stages"]) == sorted(expected_stages[r["graph"]]), r["graph"]
+        for t in [*r["stages"].values(), r["total"]]:
+            assert t["n"] >= 3
+            assert 0 < t["min_ms"] <= t["p50_ms"] <= t["p95_ms"] <= t["p99_ms"]
+        assert r["fps"] == pytest.approx(r["batch"] * 1000 / r["total"]["mean_ms"])
+        assert r["threads"] == 1 and r["providers"][0] == "CPUExecutionProvider"
+
+
+def test_gflops_from_metadata_macs_and_peak(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    peaks = results["peaks"]
+    assert peaks["ort_fp32_gflops"] > 0 and peaks["ort_int8_gops"] > 0
+    row = next(
+        r
+        for r in results["latency"]
+        if r["model"] == "denoise-gray"
+        and r["precision"] == "int8"
+        and r["batch"] == 2
+        and r["resolution"] == "256x256"
+    )
+    macs = row["macs_per_pixel"]
+    assert macs > 0 and row["pixels"] == 256 * 256
+    expected = 2 * macs * 256 * 256 * 2 / (row["stages"]["inference"]["p50_ms"] / 1000) / 1e9
+    assert row["gops"] == pytest.approx(expected)
+    assert row["peak"] == peaks["ort_int8_gops"]
+    assert row["peak_fraction"] == pytest.approx(expected / peaks["ort_int8_gops"])
+
+
+def test_achieved_gops_known_value() -> None:
+    # 1000 MAC/pixel, 640x480, batch 2, 10 ms: 2 * 1000 * 307200 * 2 / 0.01 s = 122.88 GFLOP/s
+    assert lat.achieved_gops(1000, 640 * 480, 2, 0.010) == pytest.approx(122.88)
+    assert lat.achieved_gops(None, 640 * 480, 1, 0.01) is None
+    assert lat.achieved_gops(1000, 100, 1, 0.0) is None
+
+
+def test_pytorch_vs_onnxruntime_on_the_tiny_models(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    rows = results["torch"]
+    assert {(t["model"], t["graph"]) for t in rows} >= {
+        ("denoise-gray", "denoise"),
+        ("compress-q1", "encoder"),
+        ("compress-q1", "decoder"),
+        ("anomaly", "anomaly"),
+    }
+    for t in rows:
+        assert t["timing"]["p50_ms"] > 0 and t["threads"] == 1
+        assert t["ort_p50_ms"] > 0 and t["ort_speedup"] == pytest.approx(t["timing"]["p50_ms"] / t["ort_p50_ms"])
+        # the same network: uint8 images agree within a level, float maps closely
+        assert t["max_abs_diff_vs_ort"] <= (1.0 if t["graph"] != "anomaly" else 1e-3), t
+        if t["graph"] == "encoder":
+            assert t["max_abs_diff_vs_ort"] <= 1.0  # rounding of a latent may flip at a .5 boundary
+    (pair,) = results["int8_vs_fp32"]  # only denoise-gray has an INT8 graph
+    assert (pair["model"], pair["resolution"]) == ("denoise-gray", "640x480")
+    assert pair["speedup"] == pytest.approx(pair["fp32"]["p50_ms"] / pair["int8"]["p50_ms"])
+    goals = {(g["goal"].split(",")[0], g["model"]) for g in results["goals"]}
+    assert ("FP32 onnxruntime vs PyTorch eager", "denoise-gray") in goals
+    assert ("INT8 vs FP32 onnxruntime speed-up", "denoise-gray") in goals
+
+
+def test_pipeline_and_skips_are_recorded(quick_run: tuple[Path, dict, str]) -> None:
+    _, results, _ = quick_run
+    pipe = {p["model"]: p for p in results["pipeline"]}
+    assert "denoise-gray" in pipe and "compress-q2" not in pipe
+    for p in pipe.values():
+        assert p["pipeline_fps"] > 0 and p["session_fps"] > 0 and p["frames"] == 8
+        assert p["ratio"] == pytest.approx(p["pipeline_fps"] / p["session_fps"])
+    reasons = {s["reason"] for s in results["skipped"]}
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "CUDAExecutionProvider not available" in reasons
+    assert any("no int8 graph" in r for r in reasons)  # denoise-color has fp32 only
+
+
+# ---------------------------------------------------------------------------------------------------- quality
+
+
+def _tiny_sets(root: Path) -> Path:
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:80]
+    for folder, color in (("bsd68_gray", False), ("set12_gray", False), ("set14", True)):
+        (root / folder).mkdir(parents=True)
+        for i in range(2):
+            base = 90 + 60 * np.sin(xx / (5.0 + i)) * np.cos(yy / 7.0) + rng.normal(0, 4, xx.shape)
+            img = np.dstack([base, np.roll(base, 9, 1), 255 - base]) if color else base
+            cv2.imwrite(str(root / folder / f"im{i}.png"), np.clip(img, 0, 255).astype(np.uint8))
+    return root
+
+
+def test_quality_quick_on_tiny_sets(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    models, ckpts = tiny
+    data = _tiny_sets(tmp_path / "data")
+    out = tmp_path / "out"
+    res = _invoke(
+        "--models",
+        str(models),
+        "--only",
+        "denoise-gray,denoise-color,compress-q1,compress-q2",
+        "--quick",
+        "--quality",
+        "--data",
+        str(data),
+        "--threads",
+        "1",
+        "--no-latency",
+        "--precisions",
+        "fp32,int8",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    results = json.loads((out / "results.json").read_text())
+    den = results["quality"]["denoise"]["rows"]
+    methods = {(r["set"], r["method"], r["precision"]) for r in den}
+    assert ("bsd68_gray", "BM3D", None) in methods and ("bsd68_gray", "fastNlMeans", None) in methods
+    assert ("bsd68_gray", "model", "int8") in methods and ("set14", "model", "fp32") in methods
+    assert {float(r["sigma"]) for r in den} == {15.0, 25.0, 50.0}
+    bm3d = next(r for r in den if r["method"] == "BM3D")
+    assert bm3d["images"] == 1 and bm3d["psnr"] > 20
+    comp = results["quality"]["compress"]
+    assert len(comp["curves"]["edgeae fp32"]["bpp"]) == 2 and all(b > 0 for b in comp["curves"]["edgeae fp32"]["bpp"])
+    assert "vs JPEG" in comp["bd"]["WebP"] and comp["speed_640x480"][0]["jpeg_quality"] >= 1
+    assert _is_png(out / "rd_curve.png") and _is_png(out / "psnr_vs_speed.png")
+    md = (out / "README.md").read_text()
+    assert "## Denoising quality" in md and "## Bjøntegaard deltas" in md and "![Rate-distortion (PSNR)]" in md
+    goals = [g["goal"] for g in results["goals"]]
+    assert any(g.startswith("gray BSD68 sigma=25") for g in goals) and any("Bjøntegaard" in g for g in goals)
+
+
+def test_anomaly_quality_quick(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    models, ckpts = tiny
+    res = _invoke(
+        "--models",
+        str(models),
+        "--only",
+        "anomaly",
+        "--quick",
+        "--quality",
+        "--threads",
+        "1",
+        "--no-latency",
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--data",
+        str(_tiny_sets(tmp_path / "d")),
+    )
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    row = json.loads((tmp_path / "o" / "results.json").read_text())["quality"]["anomaly"]["rows"][0]
+    assert 0.0 <= row["mean"]["local"]["image_auroc"] <= 1.0 and row["precision"] == "fp32"
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def test_quality_with_empty_data_dir_is_bad_data(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    models, _ = tiny
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _invoke(
+        "--models",
+        str(models),
+        "--only",
+        "denoise-gray",
+        "--quick",
+        "--quality",
+        "--data",
+        str(empty),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+    )
+    assert res.exit_code == errors.BAD_DATA, res.output
+    assert "bsd68_gray" in res.output
+    assert not (tmp_path / "o" / "results.json").exists()  # nothing half-made presented as a report
+
+
+def test_requested_missing_provider_is_rejected_unless_allowed(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is present here")
+    models, _ = tiny
+    base = [
+        "--models",
+        str(models),
+        "--only",
+        "denoise-gray",
+        "--quick",
+        "--no-torch",
+        "--quiet",
+        "--precisions",
+        "fp32",
+        "--resolutions",
+        "64x64",
+        "--batch",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    res = _invoke(*base, "--device", "cuda")
+    assert res.exit_code == errors.MODEL_REJECTED, res.output
+    assert "CUDAExecutionProvider" in res.output
+    res = _invoke(*base, "--device", "cpu,cuda", "--allow-missing-device")
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert {r["device"] for r in results["latency"]} == {"cpu"}
+    assert any(s["what"] == "latency on cuda" for s in results["skipped"])
+
+
+def test_model_with_mismatched_inputs_is_rejected(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["frame"], ["denoised"], to=TensorProto.UINT8)],
+        "wrong",
+        [vi("frame", TensorProto.FLOAT, ["N", "H", "W", 1])],
+        [vi("denoised", TensorProto.UINT8, ["N", "H", "W", 1])],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    cfg = {"channels": 1, "multiple": 8}
+    helper.set_model_props(model, _meta("denoise", "denoise", "fp32", cfg, 10, "x@0"))
+    _write_bundle(
+        tmp_path / "models" / "bad",
+        "denoise",
+        {("denoise", "fp32"): model.SerializeToString()},
+        {"task": "denoise", "channels": "1"},
+    )
+    res = _invoke(
+        "--models", str(tmp_path / "models"), "--quick", "--no-torch", "--quiet", "--out", str(tmp_path / "o")
+    )
+    assert res.exit_code == errors.MODEL_REJECTED, res.output
+    assert "frame" in res.output and "float" in res.output and "uint8" in res.output
+
+
+def test_unknown_names_and_options_are_usage_errors(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    models, _ = tiny
+    res = _invoke("--models", str(models), "--only", "nope", "--quick", "--quiet", "--out", str(tmp_path / "o"))
+    assert res.exit_code == errors.USAGE and "nope" in res.output
+    res = _invoke("--models", str(models), "--resolutions", "640by480", "--quick", "--out", str(tmp_path / "o"))
+    assert res.exit_code == errors.USAGE and "640by480" in res.output
+    res = _invoke("--models", str(tmp_path / "none"), "--quick", "--out", str(tmp_path / "o"))
+    assert res.exit_code == errors.MODEL_REJECTED
+
+
+def test_help_text() -> None:
+    res = _invoke("--help")
+    assert res.exit_code == 0
+    for opt in (
+        "--models",
+        "--only",
+        "--precisions",
+        "--resolutions",
+        "--batch",
+        "--threads",
+        "--repeat",
+        "--warmup",
+        "--quality",
+        "--data",
+        "--bm3d-images",
+        "--out",
+        "--no-torch",
+        "--quick",
+    ):
+        assert opt in res.output, opt
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def test_timed_loop_and_interleaved_respect_repeat_and_budget() -> None:
+    import time
+
+    calls: list[str] = []
+
+    def step(t) -> None:
+        with t.stage("inference"):
+            calls.append("s")
+
+    stages, total = lat.timed_loop(step, warmup=2, repeat=7, budget_s=0)
+    assert (len(calls), stages["inference"].n, total.n) == (9, 7, 7)
+    # a slow call: the budget cuts the samples, but never below 5, and one warm-up is enough
+    slow_calls = []
+    stages, total = lat.timed_loop(lambda t: (slow_calls.append(1), time.sleep(0.02)), 3, 50, budget_s=0.05)
+    assert total.n == 5 and len(slow_calls) == 1 + 5
+
+    order: list[str] = []
+    res = lat.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 1, 6, 0)
+    assert res["a"].n == res["b"].n == 6
+    # warm-up a, b; then 3 rounds of (untimed + 2 timed) per function, alternating
+    assert order == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 3
+
+
+def test_openvino_runs_the_same_onnx_file(tiny: tuple[Path, Path]) -> None:
+    pytest.importorskip("openvino")
+    from benchmarks import openvino_baseline as ovb
+    from edge_runtime.model import open_graph
+
+    models, _ = tiny
+    path = models / "denoise-gray" / "denoise.fp32.onnx"
+    feed = lat.make_feed(lat.test_frames(64, 48, 1), 1, 8)
+    timing, outs = ovb.time_openvino(path, "frame", feed, "f32", 1, 1, 3, 0)
+    ref = open_graph(models / "denoise-gray", "denoise", "fp32", threads=1).run({"frame": feed})["denoised"]
+    assert timing.n == 3 and np.max(np.abs(outs[0].astype(int) - ref.astype(int))) <= 1
