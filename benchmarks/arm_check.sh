@@ -42,7 +42,8 @@ die() { printf 'arm_check: %s\n' "$*" >&2; exit 2; }
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap and chroot); run as root or with sudo"
 [ -x "$PYTHON" ] || die "$PYTHON not found: run 'make' first, or set PYTHON to an interpreter with edgeae installed"
-ls "$ARM_MODELS"/*/manifest.json >/dev/null 2>&1 || die "no model bundle under $ARM_MODELS (export the defaults: make models)"
+ls "$ARM_MODELS"/*/manifest.json >/dev/null 2>&1 \
+    || die "no model bundle under $ARM_MODELS (export the defaults: make models)"
 
 # --- 1. emulator and bootstrapper ------------------------------------------------------------------------------
 if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
@@ -61,8 +62,9 @@ grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
 mkdir -p "$ARM_ROOT"
 if [ ! -e "$ROOTFS/.edgeae-rootfs" ]; then
     log "bootstrapping arm64 Debian $SUITE into $ROOTFS (about 5 minutes)"
-    MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
-    MIRROR=${MIRROR:-http://deb.debian.org/debian}
+    # The mirror this machine's apt uses (a local or snapshot mirror may be the only one reachable).
+    MIRROR=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    MIRROR=${DEBIAN_MIRROR:-${MIRROR:-http://deb.debian.org/debian}}
     rm -rf "$ROOTFS.partial"
     debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
         "$SUITE" "$ROOTFS.partial" "$MIRROR" >"$ARM_ROOT/debootstrap.log" 2>&1 \
@@ -79,8 +81,8 @@ fi
 # takes the CPU features from getauxval(AT_HWCAP), which qemu fills from QEMU_CPU (cortex-a76: dot product and
 # FP16 on, as on a Pi 5), so the kernels chosen are those of the emulated CPU, not of this host.
 guest() {
-    env QEMU_CPU="$QEMU_CPU" taskset -c 0 chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
-        QEMU_CPU="$QEMU_CPU" OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1 "$@"
+    env QEMU_CPU="$QEMU_CPU" taskset -c 0 chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin \
+        HOME=/root LANG=C.UTF-8 QEMU_CPU="$QEMU_CPU" OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1 "$@"
 }
 
 # --- 3. aarch64 wheels, downloaded here (pip inside the emulated system cannot verify this network's TLS) ------
@@ -156,16 +158,21 @@ guest "$GUEST/venv/bin/pip" install --quiet --disable-pip-version-check --no-ind
     --find-links "$GUEST/wheels" --find-links "$GUEST/dist" edgeae $pins
 guest "$GUEST/venv/bin/pip" install --quiet --disable-pip-version-check --no-index --no-deps --force-reinstall \
     --find-links "$GUEST/dist" edgeae
-guest "$GUEST/venv/bin/python" -c 'import platform, onnxruntime, cv2, numpy; print("arm64 side:", platform.machine(), "python", platform.python_version(), "onnxruntime", onnxruntime.__version__, "opencv", cv2.__version__, "numpy", numpy.__version__)'
+guest "$GUEST/venv/bin/python" -c 'import platform, onnxruntime, cv2, numpy
+print("arm64 side:", platform.machine(), "python", platform.python_version(), "onnxruntime", onnxruntime.__version__,
+      "opencv", cv2.__version__, "numpy", numpy.__version__)'
 guest "$GUEST/venv/bin/edgeae" --help >/dev/null && echo "edgeae --help runs on arm64"
 
 # --- 6. the test video and the x86 reference ---------------------------------------------------------------------
+# Run from the copy in the rootfs: both sides use the same snapshot of the code and the models, even while the
+# working tree changes.
 rm -rf "$OUT" && mkdir -p "$OUT"
 log "x86 reference"
-"$PYTHON" -m benchmarks.arm_reference video "$OUT/input.mkv"
-cp "$OUT/input.mkv" "$G/src/input.mkv"
-"$PYTHON" -m benchmarks.arm_reference run --video "$OUT/input.mkv" --models "$ARM_MODELS" --out "$OUT/x86" \
-    --precisions "$ARM_PRECISIONS" --bundles "$ARM_BUNDLES" || echo "x86 reference reported errors (see above)"
+(cd "$G/src" && "$PYTHON" -m benchmarks.arm_reference video input.mkv)
+cp "$G/src/input.mkv" "$OUT/input.mkv"
+(cd "$G/src" && "$PYTHON" -m benchmarks.arm_reference run --video input.mkv --models models --out "$OUT/x86" \
+    --precisions "$ARM_PRECISIONS" --bundles "$ARM_BUNDLES") || echo "x86 reference reported errors (see above)"
+find "$G/src" -name __pycache__ -prune -exec rm -rf {} +
 cp -a "$OUT/x86" "$G/out/x86"
 
 status=0
@@ -193,8 +200,8 @@ rm -rf "$OUT/arm64" && cp -a "$G/out/arm64" "$OUT/arm64"
 
 log "comparison x86 vs arm64"
 set +e
-"$PYTHON" -m benchmarks.arm_compare "$OUT/x86" "$OUT/arm64" --decoded-tol "$ARM_DECODED_TOL" --json "$OUT/compare.json" \
-    | tee "$OUT/compare.txt"
+"$PYTHON" -m benchmarks.arm_compare "$OUT/x86" "$OUT/arm64" --decoded-tol "$ARM_DECODED_TOL" \
+    --json "$OUT/compare.json" | tee "$OUT/compare.txt"
 rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 0 ] || status=1
