@@ -6,7 +6,8 @@ default thread pool crashes, and one thread also removes any doubt about reducti
 * ``video PATH``: write the small synthetic test video (lossless FFV1 in .mkv, so both sides decode the same
   pixels; the input frames' SHA-256 are recorded and compared all the same).
 * ``run --video V --models DIR --out OUT``: for every bundle under ``DIR`` (a folder holding ``manifest.json``)
-  and every precision in ``--precisions`` it has:
+  and every precision in ``--precisions`` some graph of it has (a compression bundle with an INT8 decoder but
+  no INT8 encoder runs its ``int8`` entry as FP32 encoder + INT8 decoder; ``graphs`` in the result says so):
 
   - compress: ``edge_runtime.codec.compress`` writes ``OUT/NAME.PREC.eae``; its SHA-256, the entropy-decoded
     latents (``.latent.npy``) and the decoded frames (``.decoded.npy`` and per-frame SHA-256) are recorded.
@@ -16,9 +17,10 @@ default thread pool crashes, and one thread also removes any doubt about reducti
   - anomaly: ``AnomalyScorer.score``: raw and normalised score and the map's maximum per frame.
 
   ``OUT/results.json`` holds it all with the context (machine, versions, QEMU_CPU).
-* ``efficiency --models DIR``: median time of every default graph at 640x480 with ``--threads`` intra-op
-  threads, its MACs (``edgeae.macs_per_pixel``), achieved GFLOP/s, and the peaks of ``benchmarks.peak``
-  (the ONNX-Runtime matmul peaks need the ``onnx`` package; without it only numpy's is measured).
+* ``efficiency --models DIR``: best and median time of every graph at 640x480 with ``--threads`` intra-op
+  threads, its MACs (``edgeae.macs_per_pixel``), achieved GFLOP/s (2 x MACs) and the ratio to the peaks of
+  ``benchmarks.peak`` (the onnxruntime matmul peaks need the ``onnx`` package; without it only numpy's is
+  measured and no ratio is given). ``--clock cpu`` times by CPU time with spin-waiting off, for a shared machine.
 
 Only edge_runtime, numpy and cv2 are imported for ``video`` and ``run`` (they run inside the emulated Pi);
 ``efficiency`` also imports benchmarks.peak. Emulated times are not speeds: ``run`` records none.
@@ -457,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--precisions", default=",".join(PRECISIONS))
     p_run.add_argument("--bundles", default="", help="comma-separated bundle names (default: all)")
     p_run.add_argument("--threads", type=int, default=1)
-    p_run.add_argument("--cross", default="", help="the other side's OUT: decode its .eae streams too")
+    p_run.add_argument("--cross", default="", help="the other side's OUT: decode its differing .eae streams")
     p_eff = sub.add_parser("efficiency", help="time every graph at --size and compare with the machine's peak")
     p_eff.add_argument("--models", default="models")
     p_eff.add_argument("--size", default="640x480", help="WxH")
