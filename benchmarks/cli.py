@@ -288,8 +288,23 @@ def _measure_speed(
     from benchmarks.peak import peaks
 
     skipped = results["skipped"]
-    progress(f"peaks: matmul n={cfg.peak_n}, {cfg.threads} threads")
-    results["peaks"] = peaks(cfg.threads, n=cfg.peak_n, repeat=3 if cfg.quick else 5)
+    on_cpu = "cpu" in devices
+    cpu_only = "CPU-side comparison; --device does not include cpu"
+    if on_cpu:
+        progress(f"peaks: matmul n={cfg.peak_n}, {cfg.threads} threads")
+        results["peaks"] = peaks(cfg.threads, n=cfg.peak_n, repeat=3 if cfg.quick else 5)
+    else:
+        results["peaks"] = {}
+        skipped.append({"what": "CPU matmul peaks", "reason": cpu_only})
+    if "cuda" in devices:
+        from benchmarks.peak import gpu_peaks
+
+        progress("peaks: CUDA matmul (PyTorch)")
+        gp = gpu_peaks(n=1024 if cfg.quick else 8192)
+        if gp is None:
+            skipped.append({"what": "CUDA matmul peaks", "reason": "PyTorch with CUDA is not available"})
+        else:
+            results["peaks"].update(gp)
     primary = _primary(refs)
 
     # ---- latency grid
@@ -323,7 +338,7 @@ def _measure_speed(
                 "already keeps the cores busy)",
             }
         )
-    if lat.GOAL_RESOLUTION not in cfg.resolutions:
+    if on_cpu and lat.GOAL_RESOLUTION not in cfg.resolutions:
         # the goals compare precisions and runtimes at 640x480: measure it even when not asked for in the grid
         for ref in refs:
             for p in [p for p in ("fp32", "int8") if p in cfg.precisions]:
@@ -335,7 +350,10 @@ def _measure_speed(
         progress(f"latency {i}/{len(plan)}: {ref.name} {g} {device} {p} {res} batch {b}")
         m = benches[ref.name].measure(g, p, device, w, h, b, cfg.warmup, cfg.repeat, cfg.max_seconds)
         d = m.to_dict()
-        pk = results["peaks"].get("ort_int8_gops" if p == "int8" else "ort_fp32_gflops")
+        if device == "cuda":
+            pk = results["peaks"].get("cuda_fp16_gflops" if p == "fp16" else "cuda_fp32_gflops")
+        else:
+            pk = results["peaks"].get("ort_int8_gops" if p == "int8" else "ort_fp32_gflops")
         d["peak"] = pk
         d["peak_fraction"] = d["gops"] / pk if d["gops"] and pk else None
         rows.append(d)
@@ -345,6 +363,11 @@ def _measure_speed(
     tasks = {r.task for r in refs}
     ocv = []
     ocv_res = set(cfg.resolutions) if cfg.quick else set(cfg.resolutions) | {lat.GOAL_RESOLUTION}
+    if not on_cpu:
+        ocv_res = set()
+        skipped.append(
+            {"what": "OpenCV classical methods, INT8 vs FP32 on the CPU, native OpenVINO", "reason": cpu_only}
+        )
     for res in sorted(ocv_res, key=lambda s: lat.parse_resolution(s)[0]):
         w, h = lat.parse_resolution(res)
         progress(f"opencv baselines at {res}")
@@ -354,9 +377,11 @@ def _measure_speed(
     results["opencv"] = ocv
 
     # ---- PyTorch eager and native OpenVINO on the same models and inputs
-    results["int8_vs_fp32"] = _int8_pairs(cfg, refs, benches, progress)
-    results["torch"] = _torch_side(cfg, refs, benches, devices, primary, skipped, progress)
-    results["openvino"] = _openvino_side(cfg, refs, benches, primary, results["stamp"], skipped, progress, rows)
+    results["int8_vs_fp32"] = _int8_pairs(cfg, refs, benches, progress) if on_cpu else []
+    results["torch"] = _torch_side(cfg, refs, benches, devices, primary, skipped, progress, rows)
+    results["openvino"] = (
+        _openvino_side(cfg, refs, benches, primary, results["stamp"], skipped, progress, rows) if on_cpu else []
+    )
 
     # ---- `edgeae run` against bare session.run
     pipe = []
@@ -367,8 +392,12 @@ def _measure_speed(
         if mod and importlib.util.find_spec(mod) is None:
             skipped.append({"what": f"pipeline vs session.run for {ref.name}", "reason": f"{mod} is not installed"})
             continue
-        progress(f"pipeline: edgeae run on a 640x480 video ({cfg.pipeline_frames} frames) vs session.run, {ref.name}")
-        pipe.append(lat.pipeline_vs_session(ref, cfg.threads, frames=cfg.pipeline_frames))
+        for device in devices:
+            progress(
+                f"pipeline: edgeae run on a 640x480 video ({cfg.pipeline_frames} frames) vs session.run, "
+                f"{ref.name} on {device}"
+            )
+            pipe.append(lat.pipeline_vs_session(ref, cfg.threads, frames=cfg.pipeline_frames, device=device))
     results["pipeline"] = pipe
 
 
@@ -446,10 +475,15 @@ def _torch_side(
     primary: dict,
     skipped: list,
     progress: Progress,
+    results_rows: list[dict] | None = None,
 ) -> list[dict[str, Any]]:
+    """PyTorch eager against onnxruntime: on the CPU interleaved at the same threads; on CUDA the trained core
+    in FP16 channels-last (model only) at every grid resolution, next to the onnxruntime CUDA rows of
+    ``results_rows`` (the latency grid)."""
     from benchmarks import latency as lat
     from benchmarks import torch_baseline as tb
 
+    results_rows = results_rows or []
     if not cfg.torch:
         skipped.append({"what": "PyTorch eager", "reason": "--no-torch"})
         return []
@@ -469,12 +503,15 @@ def _torch_side(
             continue
         resolutions = cfg.resolutions if primary[ref.name] is None and not cfg.quick else ()
         big = [r for r in resolutions if _pixels(r) > cfg.max_batch_pixels]
-        if big:
+        if big and "cpu" in devices:
             skipped.append(
                 {"what": f"PyTorch eager for {ref.name} at {', '.join(big)}", "reason": "over --max-batch-pixels"}
             )
+        # on the GPU every resolution of the grid (the goal is stated at 1920x1080), on the CPU up to the cap
+        gpu_res = list(dict.fromkeys([*cfg.resolutions, lat.GOAL_RESOLUTION])) if primary[ref.name] is None else []
+        gpu_res = gpu_res or [lat.GOAL_RESOLUTION]
         resolutions = [r for r in resolutions if r not in big]
-        resolutions = list(dict.fromkeys([*resolutions, lat.GOAL_RESOLUTION]))
+        resolutions = list(dict.fromkeys([*resolutions, lat.GOAL_RESOLUTION])) if "cpu" in devices else []
         for g in ref.graphs:
             module = tb.load_graph_module(ckpt, g)
             graph = benches[ref.name].graph(g, "fp32", "cpu")
@@ -508,29 +545,33 @@ def _torch_side(
                         "max_abs_diff_vs_ort": diff,
                     }
                 )
-            if "cuda" in devices:
-                w, h = lat.parse_resolution(lat.GOAL_RESOLUTION)
+            for res in gpu_res if "cuda" in devices else ():
+                w, h = lat.parse_resolution(res)
+                progress(f"pytorch fp16 channels-last on cuda: {ref.name} {g} {res} batch 1")
                 _, feed = _feed(benches[ref.name], g, w, h, 1)
-                t_gpu, reason = tb.gpu_fp16_channels_last(module, feed, cfg.warmup, cfg.repeat)
+                t_gpu, reason = tb.gpu_fp16_channels_last(module, feed, max(cfg.warmup, 3), cfg.repeat)
                 if t_gpu is None:
                     skipped.append({"what": f"PyTorch FP16 channels-last for {ref.name} {g}", "reason": reason})
-                else:
-                    out.append(
-                        {
-                            "model": ref.name,
-                            "graph": g,
-                            "device": "cuda",
-                            "precision": "fp16-channels-last",
-                            "resolution": lat.GOAL_RESOLUTION,
-                            "batch": 1,
-                            "threads": None,
-                            "checkpoint": str(ckpt),
-                            "timing": t_gpu.to_dict(),
-                            "ort_p50_ms": None,
-                            "ort_speedup": None,
-                            "max_abs_diff_vs_ort": None,
-                        }
-                    )
+                    break
+                ort = {p: _ort_row(results_rows, ref.name, g, "cuda", p, res, 1) for p in ("fp16", "fp32")}
+                ort_p50 = {p: r["stages"]["inference"]["p50_ms"] for p, r in ort.items() if r}
+                out.append(
+                    {
+                        "model": ref.name,
+                        "graph": g,
+                        "device": "cuda",
+                        "precision": "fp16-channels-last",
+                        "resolution": res,
+                        "batch": 1,
+                        "threads": None,
+                        "checkpoint": str(ckpt),
+                        "timing": t_gpu.to_dict(),
+                        "ort_p50_ms": ort_p50.get("fp16", ort_p50.get("fp32")),
+                        "ort_cuda_p50_ms": ort_p50,
+                        "ort_speedup": None,
+                        "max_abs_diff_vs_ort": None,
+                    }
+                )
     return out
 
 
@@ -655,7 +696,7 @@ def compute_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     from benchmarks.latency import GOAL_RESOLUTION
 
     res = GOAL_RESOLUTION
-    rows = results.get("latency", [])
+    rows = [r for r in results.get("latency", []) if r["device"] == "cpu"]  # the CPU goals; GPU: _gpu_goals
     models = list(dict.fromkeys(r["model"] for r in rows))
     goals = []
     pairs = results.get("int8_vs_fp32", [])
@@ -719,11 +760,12 @@ def compute_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "x",
                 )
             )
+    goals += _gpu_goals(results)
     for p in results.get("pipeline", []):
         r = p["ratio"]
         goals.append(
             _goal(
-                "edgeae run throughput / bare session.run, 640x480 video",
+                f"edgeae run throughput / bare session.run, 640x480 video, {p.get('device', 'cpu')}",
                 p["model"],
                 r,
                 ">= 85 %",
@@ -817,6 +859,50 @@ def compute_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     return goals
 
 
+GPU_TARGET = 1.5
+
+
+def _gpu_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """CUDA: edgeae's uint8-in/uint8-out inference (RuntimeGraph.run, I/O binding, host arrays both ways)
+    against PyTorch FP16 channels-last model-only time on the same card, per model and resolution, batch 1.
+    A codec adds its encoder and decoder. FP16 bundle graph against PyTorch FP16 (FP32 where no FP16 graph)."""
+    trows = [t for t in results.get("torch", []) if t["device"] == "cuda"]
+    goals = []
+    keys = list(dict.fromkeys((t["model"], t["resolution"]) for t in trows))
+    for model, res in keys:
+        parts = [t for t in trows if t["model"] == model and t["resolution"] == res]
+        for prec in ("fp16", "fp32"):
+            if all(prec in (t.get("ort_cuda_p50_ms") or {}) for t in parts):
+                break
+        else:
+            goals.append(
+                _goal(
+                    f"CUDA uint8->uint8 vs PyTorch FP16 channels-last, {res}",
+                    model,
+                    None,
+                    f"<= {GPU_TARGET}x",
+                    None,
+                    "no onnxruntime CUDA row for every graph at this resolution",
+                )
+            )
+            continue
+        ours = sum(t["ort_cuda_p50_ms"][prec] for t in parts)
+        ref = sum(t["timing"]["p50_ms"] for t in parts)
+        ratio = ours / ref
+        goals.append(
+            _goal(
+                f"CUDA uint8->uint8 vs PyTorch FP16 channels-last, {res}",
+                model,
+                ratio,
+                f"<= {GPU_TARGET}x",
+                ratio <= GPU_TARGET,
+                f"edgeae {prec} {ours:.2f} ms (copies included) vs PyTorch {ref:.2f} ms (model only), batch 1",
+                "x",
+            )
+        )
+    return goals
+
+
 def _stage(row: dict, name: str) -> float | None:
     st = row["stages"].get(name)
     return st["p50_ms"] if st else None
@@ -862,6 +948,14 @@ def build_report(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                 ["onnxruntime u8s8 MatMulInteger GOP/s", pk.get("ort_int8_gops")],
                 ["matrix size n", pk.get("n")],
                 ["threads", pk.get("threads")],
+                *(
+                    [
+                        [f"CUDA FP32 matmul GFLOP/s (PyTorch, TF32 off), {pk.get('gpu')}", pk.get("cuda_fp32_gflops")],
+                        [f"CUDA FP16 matmul GFLOP/s (PyTorch), {pk.get('gpu')}", pk.get("cuda_fp16_gflops")],
+                    ]
+                    if pk.get("gpu")
+                    else []
+                ),
             ],
             "note": "square n x n matmuls: close to the best case; conv layers reach less",
         }
@@ -912,7 +1006,8 @@ def build_report(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "rows": lat_rows,
             "note": f"{threads} onnxruntime threads; per call of `batch` frames; frames/s end to end from the mean; "
             "GFLOP/s = 2 x edgeae.macs_per_pixel x pixels x batch / inference p50; peak = onnxruntime MatMul "
-            "(FP32, or u8s8 for INT8) measured in this run",
+            "(FP32, or u8s8 for INT8) measured in this run; on cuda the PyTorch matmul of the same precision; "
+            "cuda inference includes the host-to-device and device-to-host copies of the uint8 frames",
         }
     )
     tables.append(
@@ -987,6 +1082,40 @@ def build_report(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                 "(uint8 levels for images)",
             }
         )
+    gpu_rows = [t for t in results.get("torch", []) if t["device"] == "cuda"]
+    if gpu_rows:
+        tables.append(
+            {
+                "title": "CUDA: edgeae (uint8 in, uint8 out) vs PyTorch FP16 channels-last (model only)",
+                "columns": [
+                    "model",
+                    "graph",
+                    "resolution",
+                    "PyTorch FP16 CL p50 ms",
+                    "edgeae fp16 p50 ms",
+                    "edgeae fp32 p50 ms",
+                    "fp16 / PyTorch",
+                ],
+                "rows": [
+                    [
+                        t["model"],
+                        t["graph"],
+                        t["resolution"],
+                        t["timing"]["p50_ms"],
+                        (t.get("ort_cuda_p50_ms") or {}).get("fp16"),
+                        (t.get("ort_cuda_p50_ms") or {}).get("fp32"),
+                        (t["ort_cuda_p50_ms"]["fp16"] / t["timing"]["p50_ms"])
+                        if (t.get("ort_cuda_p50_ms") or {}).get("fp16")
+                        else None,
+                    ]
+                    for t in gpu_rows
+                ],
+                "note": "batch 1; PyTorch: the trained network on a float16 channels-last tensor already on the "
+                "GPU (no pre/post-processing, no copies); edgeae: RuntimeGraph.run with I/O binding, uint8 "
+                "host array in, host arrays out (copies, in-graph pre/post-processing and output checks "
+                "included)",
+            }
+        )
     if results.get("openvino"):
         tables.append(
             {
@@ -1010,9 +1139,25 @@ def build_report(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         tables.append(
             {
                 "title": "edgeae run (full pipeline) vs bare session.run",
-                "columns": ["model", "video", "frames", "pipeline frames/s", "session.run frames/s", "ratio"],
+                "columns": [
+                    "model",
+                    "device",
+                    "video",
+                    "frames",
+                    "pipeline frames/s",
+                    "session.run frames/s",
+                    "ratio",
+                ],
                 "rows": [
-                    [p["model"], p["resolution"], p["frames"], p["pipeline_fps"], p["session_fps"], p["ratio"]]
+                    [
+                        p["model"],
+                        p.get("device", "cpu"),
+                        p["resolution"],
+                        p["frames"],
+                        p["pipeline_fps"],
+                        p["session_fps"],
+                        p["ratio"],
+                    ]
                     for p in results["pipeline"]
                 ],
                 "note": "pipeline: run_pipeline on an MJPEG .avi (capture thread, decode, conversion, padding, "
@@ -1198,11 +1343,12 @@ def _quality_tables(results: dict[str, Any], tables: list[dict[str, Any]]) -> No
         )
 
 
-def _plots(results: dict[str, Any], out_dir: Path, rp: Any) -> list[dict[str, str]]:
+def _latency_plots(results: dict[str, Any], out_dir: Path, rp: Any, device: str) -> list[dict[str, str]]:
+    """One latency-by-precision-and-resolution plot per model measured at several resolutions on ``device``."""
     plots = []
     by_model: dict[str, list[dict]] = {}
     for r in results.get("latency", []):
-        if r["device"] == "cpu" and r["batch"] == 1:
+        if r["device"] == device and r["batch"] == 1:
             by_model.setdefault(r["model"], []).append(r)
     for model, rows in by_model.items():
         per: dict[tuple[str, str], dict] = {}
@@ -1215,13 +1361,18 @@ def _plots(results: dict[str, Any], out_dir: Path, rp: Any) -> list[dict[str, st
             cur["p95_ms"] += r["stages"]["inference"]["p95_ms"]
         if len({k[0] for k in per}) < 2 and len(by_model) > 1 and model not in _full_models(results):
             continue
-        path = out_dir / f"latency_{model}.png"
-        rp.plot_latency(
-            list(per.values()),
-            path,
-            title=f"{model}: inference latency, batch 1, {results['config']['threads']} threads",
-        )
-        plots.append({"title": f"Latency by precision and resolution: {model}", "path": path.name})
+        suffix = "" if device == "cpu" else f"_{device}"
+        path = out_dir / f"latency_{model}{suffix}.png"
+        where = f"{results['config']['threads']} threads" if device == "cpu" else device
+        rp.plot_latency(list(per.values()), path, title=f"{model}: inference latency, batch 1, {where}")
+        plots.append({"title": f"Latency by precision and resolution: {model} ({device})", "path": path.name})
+    return plots
+
+
+def _plots(results: dict[str, Any], out_dir: Path, rp: Any) -> list[dict[str, str]]:
+    plots = []
+    for device in dict.fromkeys(r["device"] for r in results.get("latency", [])):
+        plots += _latency_plots(results, out_dir, rp, device)
     comp = (results.get("quality") or {}).get("compress")
     if comp:
         curves = {n: (c["bpp"], c["psnr"]) for n, c in comp["curves"].items()}

@@ -609,12 +609,31 @@ def read_video(path: Path) -> list[np.ndarray]:
     return out
 
 
+def _bare_run(graph: RuntimeGraph, names: list[str], input_name: str, x: np.ndarray) -> list[np.ndarray]:
+    """``session.run`` with nothing of edgeae around it; on a GPU through a plain I/O binding to host memory."""
+    if not graph.use_io_binding:
+        return graph.session.run(names, {input_name: x})
+    binding = graph.session.io_binding()
+    binding.bind_cpu_input(input_name, x)
+    for n in names:
+        binding.bind_output(n, "cpu")
+    graph.session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
 def pipeline_vs_session(
-    ref: BundleRef, threads: int, frames: int = 60, size: tuple[int, int] = (640, 480), workdir: Path | None = None
+    ref: BundleRef,
+    threads: int,
+    frames: int = 60,
+    size: tuple[int, int] = (640, 480),
+    workdir: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Frames per second of the full ``edgeae run`` loop (:func:`edge_runtime.pipeline.run_pipeline`) on a
     ``size`` video file, against bare ``session.run`` of the same graphs on the same frames, already decoded
-    and converted (FP32, CPU, same threads). Both start from a fresh session, first call included.
+    and converted (FP32, same device and threads). Both start from a fresh session, first call included.
+    On a GPU the bare loop binds inputs and outputs the way :class:`RuntimeGraph` does (host arrays, outputs
+    copied back), so both sides pay the same transfers.
 
     Returns ``{"pipeline_fps", "session_fps", "ratio", "frames", ...}``; ``ratio`` = pipeline / bare.
     """
@@ -626,26 +645,27 @@ def pipeline_vs_session(
         if len(decoded) != frames:
             raise RuntimeError(f"{video}: wrote {frames} frames, read back {len(decoded)}")
         opts = RunOptions(
-            model=str(ref.root), source=str(video), threads=threads, precision="fp32", device="cpu", max_frames=frames
+            model=str(ref.root), source=str(video), threads=threads, precision="fp32", device=device, max_frames=frames
         )
         stats = run_pipeline(opts)
     # bare session.run: fresh sessions, the graph's own input only (no conversion, padding or output handling).
-    graphs = {g: open_graph(ref.bundle, g, "fp32", device="cpu", threads=threads) for g in ref.graphs}
+    graphs = {g: open_graph(ref.bundle, g, "fp32", device=device, threads=threads) for g in ref.graphs}
     first = graphs[ref.graphs[0]]
     multiple = first.info.input_multiple
     feeds = [make_feed([f], ref.channels, multiple) for f in decoded]
     names = {g: [o.name for o in gr.info.outputs] for g, gr in graphs.items()}
     t0 = time.perf_counter()
     for x in feeds:
-        out = graphs[ref.graphs[0]].session.run(names[ref.graphs[0]], {"frame": x})
+        out = _bare_run(graphs[ref.graphs[0]], names[ref.graphs[0]], "frame", x)
         if ref.task == "compress":
-            graphs["decoder"].session.run(names["decoder"], {"latent": out[0]})
+            _bare_run(graphs["decoder"], names["decoder"], "latent", out[0])
     bare_s = time.perf_counter() - t0
     session_fps = len(feeds) / bare_s
     pipeline_fps = float(stats["fps"])
     return {
         "model": ref.name,
         "task": ref.task,
+        "device": device,
         "frames": frames,
         "resolution": f"{size[0]}x{size[1]}",
         "threads": threads,

@@ -4,6 +4,7 @@
 * :func:`ort_fp32_peak_gflops`, :func:`int8_peak_gops`: the same matmul as a one-node ONNX graph run by
   onnxruntime with a given intra-op thread count; the fairer ceiling for ONNX models. Building the graph needs
   the ``onnx`` package, which the edge does not install: without it these return None.
+* :func:`gpu_peaks`: FP32 and FP16 matmuls on the CUDA device through PyTorch (when both are present).
 
 A square matmul of n=2048 is close to the best case for every library; real conv layers reach less.
 
@@ -141,6 +142,36 @@ def peaks(threads: int, n: int = 2048, repeat: int = 5) -> dict[str, Any]:
         "ort_int8_gops": int8_peak_gops(threads, n=n, repeat=repeat),
         "blas_threads_via": blas_threads_via(),
     }
+
+
+def gpu_peaks(n: int = 8192, repeat: int = 5) -> dict[str, Any] | None:
+    """Matmul peaks of the CUDA device through PyTorch: ``cuda_fp32_gflops`` (TF32 off: true FP32, what an
+    FP32 ONNX graph runs with the runtime's CUDA defaults) and ``cuda_fp16_gflops`` (tensor cores, FP32
+    accumulation), plus ``gpu`` (the device name) and ``n``. None when torch or CUDA is not available."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    out: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "n": n}
+    prev = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        for key, dtype in (("cuda_fp32_gflops", torch.float32), ("cuda_fp16_gflops", torch.float16)):
+            a = torch.randn(n, n, device="cuda", dtype=dtype)
+            b = torch.randn(n, n, device="cuda", dtype=dtype)
+
+            def mm(a=a, b=b) -> None:
+                torch.mm(a, b)
+                torch.cuda.synchronize()
+
+            out[key] = 2.0 * n**3 / _best_seconds(mm, repeat) / 1e9
+            del a, b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+        torch.cuda.empty_cache()
+    return out
 
 
 if __name__ == "__main__":

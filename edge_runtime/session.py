@@ -39,6 +39,7 @@ AUTO_ORDER = ("cuda", "openvino", "coreml", "cpu")
 # Devices whose outputs come back through I/O binding (one copy up, one copy down per run).
 _GPU_DEVICES = frozenset({"cuda", "tensorrt"})
 OPENVINO_PRECISIONS = ("FP32", "FP16", "ACCURACY")
+CUDA_CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
 class FallbackWarning(RuntimeWarning):
@@ -119,6 +120,24 @@ def openvino_options(precision: str = "FP32", device_type: str = "CPU") -> dict[
     return {"device_type": device_type, "precision": precision}
 
 
+def cuda_options(conv_search: str = "EXHAUSTIVE", tf32: bool = False, nhwc: bool = False) -> dict[str, str]:
+    """CUDA provider options the runtime uses unless the caller passes its own.
+
+    ``conv_search``: how cuDNN picks convolution kernels, once per input shape (EXHAUSTIVE times them all on
+    the first call of a shape; the frames of a stream share one shape). ``tf32``: onnxruntime enables TF32
+    tensor-core math for FP32 by default; it is off here so that an "fp32" graph computes in FP32 and matches
+    the CPU within a grey level (``fp16`` is the fast precision on a GPU). ``nhwc``: ``prefer_nhwc``, cuDNN's
+    channels-last kernels (what PyTorch's channels-last uses).
+    """
+    conv_search = conv_search.upper()
+    if conv_search not in CUDA_CONV_SEARCH:
+        raise UsageError(f"unknown cuDNN search {conv_search!r} (expected one of {', '.join(CUDA_CONV_SEARCH)})")
+    opts = {"cudnn_conv_algo_search": conv_search, "use_tf32": "1" if tf32 else "0"}
+    if nhwc:
+        opts["prefer_nhwc"] = "1"
+    return opts
+
+
 def _device_name(device: str) -> str:
     return auto_device() if device == "auto" else device
 
@@ -134,7 +153,8 @@ def create_session(
 ) -> ort.InferenceSession:
     """An InferenceSession made from ``model_bytes`` (already checked), verified to run where it was asked to.
 
-    ``provider_options`` are passed to the requested (first) provider only. A requested provider that is not
+    ``provider_options`` are passed to the requested (first) provider only; for CUDA, None means
+    :func:`cuda_options` (its defaults). A requested provider that is not
     available, or not active after creation, is a ModelRejectedError (4) unless ``allow_fallback``; then a
     :class:`FallbackWarning` names the providers really used. ``"auto"`` never fails for that reason: it asks
     for whatever is best, so it only warns.
@@ -156,6 +176,8 @@ def create_session(
         provider_options = None
 
     options: list[dict[str, Any]] = [{} for _ in providers]
+    if provider_options is None and providers[0] == CUDA:
+        provider_options = cuda_options()
     if provider_options and providers[0] == requested:
         options[0] = {str(k): str(v) for k, v in provider_options.items()}
 

@@ -20,6 +20,7 @@ from edge_runtime.session import (
     RuntimeGraph,
     available_providers,
     create_session,
+    cuda_options,
     describe,
     make_session_options,
     openvino_options,
@@ -174,6 +175,70 @@ def test_provider_options_go_to_the_requested_provider(tiny_model_bytes, monkeyp
     )
     assert seen["providers"] == ["OpenVINOExecutionProvider", CPU]
     assert seen["provider_options"] == [{"device_type": "CPU", "precision": "FP16"}, {}]
+
+
+def test_cuda_options_defaults_and_choices():
+    assert cuda_options() == {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"}
+    assert cuda_options("heuristic", tf32=True, nhwc=True) == {
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "use_tf32": "1",
+        "prefer_nhwc": "1",
+    }
+    with pytest.raises(UsageError, match="unknown cuDNN search 'FAST'"):
+        cuda_options("fast")
+
+
+@pytest.mark.parametrize(("device", "given", "expected"), [
+    ("cuda", None, {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"}),  # the runtime's defaults
+    ("cuda", {"use_tf32": "1"}, {"use_tf32": "1"}),  # the caller's options replace them
+    ("auto", None, {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "0"}),  # auto picks cuda here
+])  # fmt: skip
+def test_cuda_sessions_get_the_runtime_options(tiny_model_bytes, monkeypatch, device, given, expected):
+    """Without a GPU: what create_session hands onnxruntime when CUDA is listed (the session itself is CPU)."""
+    seen = {}
+    real = ort.InferenceSession
+
+    def spy(model, sess_options=None, providers=None, provider_options=None, **kw):
+        seen.update(providers=providers, provider_options=provider_options)
+        return real(model, sess_options=sess_options, providers=[CPU])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setattr(real, "get_providers", lambda self: [CUDA, CPU])
+    create_session(tiny_model_bytes, device, allow_fallback=False, threads=1, provider_options=given, where="m")
+    assert seen["providers"] == [CUDA, CPU]
+    assert seen["provider_options"] == [expected, {}]
+
+
+def test_cuda_graph_binds_io_and_copies_results_back(make_bundle, monkeypatch):
+    """Without a GPU: a graph whose session reports CUDA runs through I/O binding (host input bound, outputs
+    bound to host memory and copied back) and gives what session.run gives."""
+    root = make_bundle(["anomaly"])
+    assert open_graph(root, threads=1).use_io_binding is False  # a CPU graph does not bind
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(
+        ort, "InferenceSession", lambda m, sess_options=None, **kw: real(m, sess_options, providers=[CPU])
+    )
+    monkeypatch.setattr(real, "get_providers", lambda self: [CUDA, CPU])
+    calls = []
+    real_binding = real.io_binding
+
+    def io_binding(self):
+        calls.append("bind")
+        return real_binding(self)
+
+    monkeypatch.setattr(real, "io_binding", io_binding)
+    graph = open_graph(root, device="cuda", threads=1)
+    assert graph.use_io_binding is True and graph.providers[0] == CUDA
+    x = frame_of(37, 51)
+    got = graph.run_frame(x)
+    assert calls == ["bind"]
+    graph.use_io_binding = False
+    want = graph.run_frame(x)
+    assert calls == ["bind"] and sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_auto_never_fails_for_a_missing_accelerator(tiny_model_bytes, no_cuda):
