@@ -26,6 +26,9 @@ QUICK_RESOLUTIONS = ("256x256",)
 QUICK_BATCHES = (1, 2)
 LATENCY_SIGMA = 25.0
 CUDA_MISSING = "CUDAExecutionProvider not available"
+# A GPU runs a 640x480 frame ~50x faster than these 2 cores: a longer video keeps the first call (cuDNN's
+# exhaustive kernel search) from dominating the pipeline-vs-session.run ratio.
+GPU_PIPELINE_FACTOR = 5
 
 
 def _cores() -> int:
@@ -378,7 +381,7 @@ def _measure_speed(
 
     # ---- PyTorch eager and native OpenVINO on the same models and inputs
     results["int8_vs_fp32"] = _int8_pairs(cfg, refs, benches, progress) if on_cpu else []
-    results["torch"] = _torch_side(cfg, refs, benches, devices, primary, skipped, progress, rows)
+    results["torch"] = _torch_side(cfg, refs, benches, devices, primary, skipped, progress)
     results["openvino"] = (
         _openvino_side(cfg, refs, benches, primary, results["stamp"], skipped, progress, rows) if on_cpu else []
     )
@@ -393,11 +396,9 @@ def _measure_speed(
             skipped.append({"what": f"pipeline vs session.run for {ref.name}", "reason": f"{mod} is not installed"})
             continue
         for device in devices:
-            progress(
-                f"pipeline: edgeae run on a 640x480 video ({cfg.pipeline_frames} frames) vs session.run, "
-                f"{ref.name} on {device}"
-            )
-            pipe.append(lat.pipeline_vs_session(ref, cfg.threads, frames=cfg.pipeline_frames, device=device))
+            progress(f"pipeline: edgeae run on a 640x480 video vs session.run, {ref.name} on {device}")
+            frames = cfg.pipeline_frames * (GPU_PIPELINE_FACTOR if device != "cpu" else 1)
+            pipe.append(lat.pipeline_vs_session(ref, cfg.threads, frames=frames, device=device))
     results["pipeline"] = pipe
 
 
@@ -475,15 +476,13 @@ def _torch_side(
     primary: dict,
     skipped: list,
     progress: Progress,
-    results_rows: list[dict] | None = None,
 ) -> list[dict[str, Any]]:
-    """PyTorch eager against onnxruntime: on the CPU interleaved at the same threads; on CUDA the trained core
-    in FP16 channels-last (model only) at every grid resolution, next to the onnxruntime CUDA rows of
-    ``results_rows`` (the latency grid)."""
+    """PyTorch eager against onnxruntime, interleaved on the same input: on the CPU at the same threads; on
+    CUDA the trained core in FP16 channels-last (model only, input already on the GPU) at every grid
+    resolution against edgeae's uint8-in/uint8-out ``RuntimeGraph.run`` at FP16 and FP32."""
     from benchmarks import latency as lat
     from benchmarks import torch_baseline as tb
 
-    results_rows = results_rows or []
     if not cfg.torch:
         skipped.append({"what": "PyTorch eager", "reason": "--no-torch"})
         return []
@@ -507,9 +506,12 @@ def _torch_side(
             skipped.append(
                 {"what": f"PyTorch eager for {ref.name} at {', '.join(big)}", "reason": "over --max-batch-pixels"}
             )
-        # on the GPU every resolution of the grid (the goal is stated at 1920x1080), on the CPU up to the cap
-        gpu_res = list(dict.fromkeys([*cfg.resolutions, lat.GOAL_RESOLUTION])) if primary[ref.name] is None else []
-        gpu_res = gpu_res or [lat.GOAL_RESOLUTION]
+        # on the GPU every resolution of the grid (the goal is stated at 1920x1080), on the CPU up to the cap;
+        # a bundle of an architecture measured already: only where the grid measured it (the goal resolution)
+        if primary[ref.name] is None:
+            gpu_res = list(cfg.resolutions)
+        else:
+            gpu_res = [lat.GOAL_RESOLUTION] if lat.GOAL_RESOLUTION in cfg.resolutions else []
         resolutions = [r for r in resolutions if r not in big]
         resolutions = list(dict.fromkeys([*resolutions, lat.GOAL_RESOLUTION])) if "cpu" in devices else []
         for g in ref.graphs:
@@ -547,14 +549,17 @@ def _torch_side(
                 )
             for res in gpu_res if "cuda" in devices else ():
                 w, h = lat.parse_resolution(res)
-                progress(f"pytorch fp16 channels-last on cuda: {ref.name} {g} {res} batch 1")
-                _, feed = _feed(benches[ref.name], g, w, h, 1)
-                t_gpu, reason = tb.gpu_fp16_channels_last(module, feed, max(cfg.warmup, 3), cfg.repeat)
-                if t_gpu is None:
+                progress(f"pytorch fp16 channels-last vs onnxruntime on cuda (interleaved): {ref.name} {g} {res}")
+                name, feed = _feed(benches[ref.name], g, w, h, 1)
+                call, reason = tb.gpu_fp16_call(module, feed)
+                if call is None:
                     skipped.append({"what": f"PyTorch FP16 channels-last for {ref.name} {g}", "reason": reason})
                     break
-                ort = {p: _ort_row(results_rows, ref.name, g, "cuda", p, res, 1) for p in ("fp16", "fp32")}
-                ort_p50 = {p: r["stages"]["inference"]["p50_ms"] for p, r in ort.items() if r}
+                fns: dict[str, Any] = {"torch": call}
+                for p in [p for p in ("fp16", "fp32") if p in ref.bundle.precisions(g) and p in cfg.precisions]:
+                    gr = benches[ref.name].graph(g, p, "cuda")
+                    fns[p] = lambda gr=gr, name=name, feed=feed: gr.run({name: feed})
+                t = lat.interleaved(fns, max(cfg.warmup, 3), cfg.repeat, cfg.max_seconds)
                 out.append(
                     {
                         "model": ref.name,
@@ -565,9 +570,9 @@ def _torch_side(
                         "batch": 1,
                         "threads": None,
                         "checkpoint": str(ckpt),
-                        "timing": t_gpu.to_dict(),
-                        "ort_p50_ms": ort_p50.get("fp16", ort_p50.get("fp32")),
-                        "ort_cuda_p50_ms": ort_p50,
+                        "timing": t["torch"].to_dict(),
+                        "ort_p50_ms": (t.get("fp16") or t.get("fp32")).p50_ms if len(t) > 1 else None,
+                        "ort_cuda_p50_ms": {p: t[p].p50_ms for p in ("fp16", "fp32") if p in t},
                         "ort_speedup": None,
                         "max_abs_diff_vs_ort": None,
                     }

@@ -109,9 +109,10 @@ def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float(max(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))) for x, y in zip(a, b, strict=True)))
 
 
-def gpu_fp16_channels_last(module: Any, feed: np.ndarray, warmup: int, repeat: int) -> tuple[Timing | None, str]:
-    """PyTorch FP16 channels-last on CUDA: the trained core (``module.net``/``g_a``/``g_s``) on a float16 NCHW
-    tensor already on the GPU, synchronised per call. (None, reason) when CUDA is not available to torch."""
+def gpu_fp16_call(module: Any, feed: np.ndarray) -> tuple[Callable[[], None] | None, str]:
+    """``(call, "")``: ``call()`` runs PyTorch FP16 channels-last on CUDA, the trained core (``module.net``/
+    ``g_a``/``g_s``) on a float16 NCHW tensor already on the GPU, and synchronises. (None, reason) when CUDA is
+    not available to torch. The module's core is moved to the GPU in place."""
     import torch
 
     if not torch.cuda.is_available():
@@ -120,13 +121,26 @@ def gpu_fp16_channels_last(module: Any, feed: np.ndarray, warmup: int, repeat: i
     x = torch.from_numpy(np.ascontiguousarray(feed)).to("cuda")
     x = (x.permute(0, 3, 1, 2).half() / 255.0) if x.dtype == torch.uint8 else x.half()
     x = x.contiguous(memory_format=torch.channels_last)
-    samples = []
-    with torch.inference_mode():
-        for i in range(max(1, warmup) + repeat):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter_ns()
+
+    def call() -> None:
+        with torch.inference_mode():
             core(x)
-            torch.cuda.synchronize()
-            if i >= max(1, warmup):
-                samples.append((time.perf_counter_ns() - t0) / 1e6)
+        torch.cuda.synchronize()
+
+    torch.cuda.synchronize()
+    return call, ""
+
+
+def gpu_fp16_channels_last(module: Any, feed: np.ndarray, warmup: int, repeat: int) -> tuple[Timing | None, str]:
+    """Timing of :func:`gpu_fp16_call` alone: ``warmup`` calls, then ``repeat`` timed ones. (None, reason)
+    when CUDA is not available to torch."""
+    call, why = gpu_fp16_call(module, feed)
+    if call is None:
+        return None, why
+    samples = []
+    for i in range(max(1, warmup) + repeat):
+        t0 = time.perf_counter_ns()
+        call()
+        if i >= max(1, warmup):
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
     return summarize(samples), ""

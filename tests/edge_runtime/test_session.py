@@ -229,11 +229,21 @@ def test_cuda_graph_binds_io_and_copies_results_back(make_bundle, monkeypatch):
         return real_binding(self)
 
     monkeypatch.setattr(real, "io_binding", io_binding)
+    from onnxruntime.capi.onnxruntime_inference_collection import IOBinding
+
+    real_bind_output = IOBinding.bind_output
+
+    def bind_output(self, name, device_type="cpu", *args, **kw):
+        calls.append(f"{name}@{device_type}")  # outputs stay on the device, copied once by OrtValue.numpy()
+        return real_bind_output(self, name, "cpu")  # the stand-in session is on the CPU
+
+    monkeypatch.setattr(IOBinding, "bind_output", bind_output)
     graph = open_graph(root, device="cuda", threads=1)
     assert graph.use_io_binding is True and graph.providers[0] == CUDA
     x = frame_of(37, 51)
     got = graph.run_frame(x)
-    assert calls == ["bind"]
+    assert calls == ["bind", *[f"{o.name}@cuda" for o in graph.info.outputs]]
+    calls[1:] = []
     graph.use_io_binding = False
     want = graph.run_frame(x)
     assert calls == ["bind"] and sorted(got) == sorted(want)
@@ -431,8 +441,8 @@ def test_one_nan_pixel_is_flagged(make_bundle, monkeypatch):
 
 
 def test_io_binding_path_matches_plain_run(make_bundle):
-    # The CUDA path binds inputs from CPU memory and outputs to CPU; the same calls work on the CPU provider,
-    # which lets this machine exercise the code.
+    # The CUDA path binds inputs from CPU memory and outputs where the session runs, then copies them out with
+    # OrtValue.numpy(); the same calls work on the CPU provider, which lets this machine exercise the code.
     graph = open_graph(make_bundle(["anomaly"]))
     frame = frame_of(24, 40)
     plain = graph.run_frame(frame)
