@@ -59,7 +59,7 @@ def stamp(threads: int | None = None) -> dict[str, Any]:
         "memory_bytes": _total_memory(),
         "gpu": _gpu_names(),
         "python": platform.python_version(),
-        "packages": {name: _version(dists) for name, dists in _PACKAGES.items()},
+        "packages": {name: _version(dists, name) for name, dists in _PACKAGES.items()},
         "ort_providers": _ort_providers(),
         "threads": {"requested": threads, **{k: os.environ.get(k) for k in _THREAD_ENV}},
         "git_commit": git_commit(),
@@ -119,7 +119,13 @@ def _gpu_names() -> list[str] | None:
     return [line.strip() for line in out.splitlines() if line.strip()] or None
 
 
-def _version(dists: tuple[str, ...]) -> str | None:
+def _version(dists: tuple[str, ...], module: str | None = None) -> str | None:
+    """The version of what runs: an imported module's ``__version__`` first (on PYTHONPATH a module can shadow
+    an installed distribution, e.g. onnxruntime-gpu unpacked over a CPU onnxruntime), else the first installed
+    distribution of ``dists``."""
+    loaded = sys.modules.get(module) if module else None
+    if loaded is not None and isinstance(getattr(loaded, "__version__", None), str):
+        return loaded.__version__
     for dist in dists:
         try:
             return md.version(dist)

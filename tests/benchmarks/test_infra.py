@@ -328,6 +328,21 @@ def test_stamp_keys_without_importing_torch() -> None:
     assert s["memory_bytes"] > 0
 
 
+def test_stamp_reports_the_imported_module_over_the_installed_distribution(monkeypatch) -> None:
+    """onnxruntime-gpu unpacked on PYTHONPATH over a CPU onnxruntime: the version that runs is the module's."""
+    import types
+
+    import onnxruntime as ort
+
+    from benchmarks.machine import stamp
+
+    fake = types.SimpleNamespace(__version__="9.9.9", get_available_providers=ort.get_available_providers)
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    assert stamp()["packages"]["onnxruntime"] == "9.9.9"
+    monkeypatch.setitem(sys.modules, "onnxruntime", ort)
+    assert stamp()["packages"]["onnxruntime"] == ort.__version__
+
+
 def test_git_commit_none_outside_a_repo(tmp_path: Path) -> None:
     from benchmarks.machine import git_commit
 
