@@ -1015,24 +1015,8 @@ def build_report(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "cuda inference includes the host-to-device and device-to-host copies of the uint8 frames",
         }
     )
-    tables.append(
-        {
-            "title": "OpenCV classical methods (single frame)",
-            "columns": ["task", "method", "resolution", "p50 ms", "p95 ms", "n"],
-            "rows": [
-                [
-                    o["task"],
-                    o["method"],
-                    o["resolution"],
-                    o["timing"]["p50_ms"],
-                    o["timing"]["p95_ms"],
-                    o["timing"]["n"],
-                ]
-                for o in results.get("opencv", [])
-            ],
-            "note": f"fastNlMeans at sigma {LATENCY_SIGMA:g} with the h of benchmarks.baselines.nlm_h",
-        }
-    )
+    if results.get("opencv"):
+        tables.append(_opencv_table(results))
     if results.get("int8_vs_fp32"):
         tables.append(
             {
@@ -1182,6 +1166,25 @@ def build_report(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     results["tables"] = tables
     results["plots"] = plots
     return results
+
+
+def _opencv_table(results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "title": "OpenCV classical methods (single frame)",
+        "columns": ["task", "method", "resolution", "p50 ms", "p95 ms", "n"],
+        "rows": [
+            [
+                o["task"],
+                o["method"],
+                o["resolution"],
+                o["timing"]["p50_ms"],
+                o["timing"]["p95_ms"],
+                o["timing"]["n"],
+            ]
+            for o in results.get("opencv", [])
+        ],
+        "note": f"fastNlMeans at sigma {LATENCY_SIGMA:g} with the h of benchmarks.baselines.nlm_h",
+    }
 
 
 def _quality_tables(results: dict[str, Any], tables: list[dict[str, Any]]) -> None:
