@@ -3,6 +3,7 @@ cropped, NaN/Inf outputs flagged (case 18)."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -94,10 +95,32 @@ def test_bad_thread_count(threads):
 
 
 def test_openvino_options():
-    assert openvino_options("fp16") == {"device_type": "CPU", "precision": "FP16"}
+    assert openvino_options() == {"device_type": "CPU", "precision": "FP32"}
+    assert openvino_options("accuracy") == {"device_type": "CPU", "precision": "ACCURACY"}
+    assert openvino_options("fp16", device_type="GPU") == {"device_type": "GPU", "precision": "FP16"}
     assert openvino_options(device_type="GPU") == {"device_type": "GPU", "precision": "FP32"}
     with pytest.raises(UsageError, match="unknown OpenVINO precision 'INT4'"):
         openvino_options("int4")
+
+
+@pytest.mark.parametrize("device_type", ["CPU", "cpu"])
+def test_openvino_fp16_on_the_cpu_is_a_usage_error(device_type):
+    # onnxruntime-openvino 1.24.1 only logs "CPU only supports FP32, ACCURACY" and runs on the CPU provider.
+    with pytest.raises(UsageError) as err:
+        openvino_options("fp16", device_type=device_type)
+    assert (
+        str(err.value) == "OpenVINO precision FP16 is not supported on the CPU (the CPU supports FP32, BF16, ACCURACY)"
+    )
+    assert err.value.exit_code == USAGE
+
+
+def test_openvino_bf16_goes_through_load_config():
+    opts = openvino_options("bf16")
+    assert set(opts) == {"device_type", "precision", "load_config"}
+    assert opts["device_type"] == "CPU" and opts["precision"] == "FP32"
+    assert json.loads(opts["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}
+    with pytest.raises(UsageError, match="BF16 is only offered for device_type CPU, got 'GPU'"):
+        openvino_options("BF16", device_type="GPU")
 
 
 def test_available_providers_lists_cpu():
@@ -148,7 +171,7 @@ def test_silent_openvino_fallback_is_rejected(make_bundle, monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["OpenVINOExecutionProvider", CPU])
     monkeypatch.setattr(ort.InferenceSession, "get_providers", lambda self: [CPU])
     with pytest.raises(ModelRejectedError, match="requested openvino but onnxruntime runs CPUExecutionProvider"):
-        open_graph(make_bundle(), device="openvino", provider_options=openvino_options("FP16"))
+        open_graph(make_bundle(), device="openvino", provider_options=openvino_options("BF16"))
     with pytest.warns(FallbackWarning, match="runs CPUExecutionProvider"):
         graph = open_graph(make_bundle(name="b2"), device="openvino", allow_fallback=True)
     assert graph.providers == [CPU]
@@ -170,11 +193,50 @@ def test_provider_options_go_to_the_requested_provider(tiny_model_bytes, monkeyp
         "openvino",
         allow_fallback=False,
         threads=1,
-        provider_options=openvino_options("FP16"),
+        provider_options=openvino_options("FP16", device_type="GPU"),
         where="m",
     )
     assert seen["providers"] == ["OpenVINOExecutionProvider", CPU]
-    assert seen["provider_options"] == [{"device_type": "CPU", "precision": "FP16"}, {}]
+    assert seen["provider_options"] == [{"device_type": "GPU", "precision": "FP16", "num_of_threads": "1"}, {}]
+
+
+OV_FP32 = {"device_type": "CPU", "precision": "FP32"}
+
+
+@pytest.mark.parametrize(("device", "threads", "given", "expected"), [
+    ("openvino", 2, None, {**OV_FP32, "num_of_threads": "2"}),  # the runtime's defaults plus the thread count
+    ("openvino", None, None, OV_FP32),  # no thread count: OpenVINO keeps its own
+    ("auto", 3, None, {**OV_FP32, "num_of_threads": "3"}),  # auto picks openvino here (no CUDA)
+    ("openvino", 2, openvino_options("BF16"), {**openvino_options("BF16"), "num_of_threads": "2"}),
+    ("openvino", 2, {"num_of_threads": "1"}, {"num_of_threads": "1"}),  # the caller's options win and replace
+    ("openvino", 2, {"num_of_threads": 1, "precision": "ACCURACY"}, {"num_of_threads": "1", "precision": "ACCURACY"}),
+])  # fmt: skip
+def test_openvino_sessions_get_the_runtime_options(tiny_model_bytes, monkeypatch, device, threads, given, expected):
+    """Without OpenVINO: what create_session hands onnxruntime when OpenVINO is listed (the session is CPU)."""
+    seen = {}
+    real = ort.InferenceSession
+
+    def spy(model, sess_options=None, providers=None, provider_options=None, **kw):
+        seen.update(providers=providers, provider_options=provider_options, threads=sess_options.intra_op_num_threads)
+        return real(model, sess_options=sess_options, providers=[CPU])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["OpenVINOExecutionProvider", CPU])
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setattr(real, "get_providers", lambda self: ["OpenVINOExecutionProvider", CPU])
+    before = dict(given) if given is not None else None
+    create_session(tiny_model_bytes, device, allow_fallback=False, threads=threads, provider_options=given, where="m")
+    assert seen["providers"] == ["OpenVINOExecutionProvider", CPU]
+    assert seen["provider_options"] == [expected, {}]
+    if threads is not None:
+        assert seen["threads"] == threads  # onnxruntime's own intra-op threads too
+    assert given == before  # the caller's dict is not modified
+
+
+@pytest.mark.parametrize("threads", [0, True])
+def test_bad_thread_count_for_a_session_is_a_usage_error(tiny_model_bytes, monkeypatch, threads):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["OpenVINOExecutionProvider", CPU])
+    with pytest.raises(UsageError, match="threads must be a positive integer"):
+        create_session(tiny_model_bytes, "openvino", allow_fallback=True, threads=threads, where="m")
 
 
 def test_cuda_options_defaults_and_choices():
