@@ -208,6 +208,8 @@ OV_FP32 = {"device_type": "CPU", "precision": "FP32"}
     ("openvino", None, None, OV_FP32),  # no thread count: OpenVINO keeps its own
     ("auto", 3, None, {**OV_FP32, "num_of_threads": "3"}),  # auto picks openvino here (no CUDA)
     ("openvino", 2, openvino_options("BF16"), {**openvino_options("BF16"), "num_of_threads": "2"}),
+    ("openvino-bf16", 2, None, {**openvino_options("BF16"), "num_of_threads": "2"}),  # the BF16 device's defaults
+    ("openvino-bf16", 2, {"num_of_threads": "1"}, {"num_of_threads": "1"}),
     ("openvino", 2, {"num_of_threads": "1"}, {"num_of_threads": "1"}),  # the caller's options win and replace
     ("openvino", 2, {"num_of_threads": 1, "precision": "ACCURACY"}, {"num_of_threads": "1", "precision": "ACCURACY"}),
 ])  # fmt: skip
