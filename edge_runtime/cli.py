@@ -116,8 +116,8 @@ def runtime_options(f):
                      help="Run on the CPU with a warning when the requested device is unavailable "
                           "(default: refuse, exit 4).")(f)  # fmt: skip
     f = click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-                     help="onnxruntime execution provider; auto picks the best one present "
-                          "(openvino-bf16: OpenVINO with BF16 inference, for CPUs with AVX512_BF16 or AMX).")(f)  # fmt: skip
+                     help="onnxruntime execution provider; auto picks the best one present (openvino-bf16: "
+                          "OpenVINO with BF16 inference, for CPUs with AVX512_BF16 or AMX).")(f)  # fmt: skip
     f = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                      help="Which graph of the bundle to run (int8: CPUs, fp16: GPUs).")(f)  # fmt: skip
     return f
