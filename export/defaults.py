@@ -1,6 +1,6 @@
 """Export every default training run into models/ (`make models`, after training.defaults).
 
-    python -m export.defaults --runs runs --out models
+python -m export.defaults --runs runs --out models
 """
 
 from __future__ import annotations
