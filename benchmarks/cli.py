@@ -402,18 +402,6 @@ def _measure_speed(
     results["pipeline"] = pipe
 
 
-def _feed(bench: Any, graph: str, w: int, h: int, batch: int) -> tuple[str, Any]:
-    """The exact input onnxruntime got for (graph, resolution, batch): a uint8 frame batch or int32 latents."""
-    from benchmarks import latency as lat
-
-    frames = lat.test_frames(w, h, batch, seed=batch)
-    g = bench.graph("encoder" if graph == "decoder" else graph, "fp32", "cpu")
-    x = lat.make_feed(frames, bench.ref.channels, g.info.input_multiple)
-    if graph != "decoder":
-        return "frame", x
-    return "latent", g.run({"frame": x})["latent"]
-
-
 def _ort_row(
     rows: list[dict],
     model: str,
@@ -447,7 +435,7 @@ def _int8_pairs(cfg: BenchConfig, refs: list, benches: dict, progress: Progress)
     for ref in refs:
         for g in [g for g in ref.graphs if {"fp32", "int8"} <= set(ref.bundle.precisions(g))]:
             progress(f"int8 vs fp32 (interleaved): {ref.name} {g} {lat.GOAL_RESOLUTION}")
-            name, feed = _feed(benches[ref.name], g, w, h, 1)
+            name, feed = lat.graph_feed(benches[ref.name], g, w, h, 1)
             fns = {
                 p: (lambda gr=benches[ref.name].graph(g, p, "cpu"), name=name, feed=feed: gr.run({name: feed}))
                 for p in ("fp32", "int8")
@@ -520,7 +508,7 @@ def _torch_side(
             for res in resolutions:
                 w, h = lat.parse_resolution(res)
                 progress(f"pytorch eager vs onnxruntime: {ref.name} {g} {res} batch 1, {cfg.threads} threads")
-                name, feed = _feed(benches[ref.name], g, w, h, 1)
+                name, feed = lat.graph_feed(benches[ref.name], g, w, h, 1)
                 with tb.torch_threads(cfg.threads):
                     call, outputs = tb.module_call(module, feed)
                     t = lat.interleaved(
@@ -550,7 +538,7 @@ def _torch_side(
             for res in gpu_res if "cuda" in devices else ():
                 w, h = lat.parse_resolution(res)
                 progress(f"pytorch fp16 channels-last vs onnxruntime on cuda (interleaved): {ref.name} {g} {res}")
-                name, feed = _feed(benches[ref.name], g, w, h, 1)
+                name, feed = lat.graph_feed(benches[ref.name], g, w, h, 1)
                 call, reason = tb.gpu_fp16_call(module, feed)
                 if call is None:
                     skipped.append({"what": f"PyTorch FP16 channels-last for {ref.name} {g}", "reason": reason})
@@ -617,7 +605,7 @@ def _openvino_side(
                 for res in cfg.resolutions:
                     w, h = lat.parse_resolution(res)
                     progress(f"openvino: {ref.name} {g} {mode} {res} batch 1")
-                    name, feed = _feed(benches[ref.name], g, w, h, 1)
+                    name, feed = lat.graph_feed(benches[ref.name], g, w, h, 1)
                     timing, _ = ovb.time_openvino(
                         path, name, feed, hint, cfg.threads, cfg.warmup, cfg.repeat, cfg.max_seconds
                     )

@@ -159,19 +159,6 @@ def parity_section(models: Path) -> dict[str, Any]:
     return {"size": f"{w}x{h}", "frames": len(clean), "rows": rows}
 
 
-def _feeds(ref: Any, graph_name: str, width: int, height: int, threads: int) -> tuple[str, np.ndarray]:
-    """(input name, array) a graph takes for one test frame: uint8 frames, or the FP32 CPU encoder's latents."""
-    from benchmarks import latency as lat
-    from edge_runtime.model import open_graph
-
-    enc_name = "encoder" if graph_name == "decoder" else graph_name
-    first = open_graph(ref.bundle, enc_name, "fp32", device="cpu", threads=threads)
-    x = lat.make_feed(lat.test_frames(width, height, 1), ref.channels, first.info.input_multiple)
-    if graph_name != "decoder":
-        return "frame", x
-    return "latent", first.run({"frame": x})["latent"]
-
-
 VARIANT_OPTIONS = (("fp32", "default"), ("fp32", "tf32"), ("fp16", "default"), ("fp16", "nhwc"))
 
 
@@ -205,9 +192,10 @@ def variants_section(
     refs = {r.name: r for r in lat.find_bundles(models)}
     for name in names:
         ref = refs[name]
+        bench = lat.GraphBench(ref, threads)
         ckpt, why = tb.find_checkpoint(name, str(ref.bundle.contract.get("run_id", "")), [checkpoints])
         for graph_name in ref.graphs:
-            feeds = {(w, h): _feeds(ref, graph_name, w, h, threads) for w, h in VARIANT_SIZES}
+            feeds = {(w, h): lat.graph_feed(bench, graph_name, w, h, 1) for w, h in VARIANT_SIZES}
             module16 = tb.load_graph_module(ckpt, graph_name) if ckpt is not None else None
             core32 = next(iter(tb.load_graph_module(ckpt, graph_name).children())).to("cuda").eval() if ckpt else None
             for (w, h), (in_name, feed) in feeds.items():

@@ -494,6 +494,18 @@ class GraphBench:
         return step, ph * pw
 
 
+def graph_feed(bench: GraphBench, graph: str, width: int, height: int, batch: int = 1) -> tuple[str, np.ndarray]:
+    """``(input name, array)``: what a graph of ``bench`` takes for ``batch`` test frames of this size (seed
+    ``batch``), as every comparison here feeds it: uint8 frames converted and padded, or for the decoder the
+    int32 latents of the FP32 encoder on the CPU."""
+    frames = test_frames(width, height, batch, seed=batch)
+    first = bench.graph("encoder" if graph == "decoder" else graph, "fp32", "cpu")
+    x = make_feed(frames, bench.ref.channels, first.info.input_multiple)
+    if graph != "decoder":
+        return "frame", x
+    return "latent", first.run({"frame": x})["latent"]
+
+
 def _anomaly_norm(bundle: Bundle, graph: RuntimeGraph) -> tuple[float, float]:
     cal = bundle.calibration or {}
     meta = graph.info.metadata

@@ -212,19 +212,6 @@ def _diffs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, dict
     return out
 
 
-def _feed(bench: Any, graph: str, w: int, h: int) -> tuple[str, np.ndarray]:
-    """The input onnxruntime gets for (graph, resolution), batch 1, as ``edgeae bench`` builds it: a uint8 frame
-    (converted and padded), or for the decoder the int32 latents of the FP32 encoder on that frame."""
-    from benchmarks import latency as lat
-
-    frames = lat.test_frames(w, h, 1, seed=1)
-    enc = bench.graph("encoder" if graph == "decoder" else graph, "fp32", "cpu")
-    x = lat.make_feed(frames, bench.ref.channels, enc.info.input_multiple)
-    if graph != "decoder":
-        return "frame", x
-    return "latent", enc.run({"frame": x})["latent"]
-
-
 def compare_graph(
     bench: Any,
     graph: str,
@@ -242,7 +229,7 @@ def compare_graph(
 
     ref = bench.ref
     w, h = lat.parse_resolution(resolution)
-    input_name, x = _feed(bench, graph, w, h)
+    input_name, x = lat.graph_feed(bench, graph, w, h, 1)
     precisions = ref.bundle.precisions(graph)
     file_precs = [p for p in ("fp32", "int8") if p in precisions]
 

@@ -17,6 +17,8 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from bundle_files import qdq_int8, write_bundle  # noqa: E402
+
 from benchmarks import latency as lat  # noqa: E402
 from edge_runtime import errors  # noqa: E402
 from edge_runtime.cli import cli  # noqa: E402
@@ -71,76 +73,6 @@ def _export(module, example, inputs: list[str], outputs: list[str], axes: dict, 
     return model.SerializeToString()
 
 
-def _int8(fp32: bytes, input_name: str, feeds: list[np.ndarray], tmp: Path) -> bytes:
-    """Static QDQ INT8 of the Conv layers (onnxruntime.quantization), metadata kept with precision int8."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    class Reader:
-        def __init__(self) -> None:
-            self.it = iter(feeds)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {input_name: x}
-
-    src, dst = tmp / "q_in.onnx", tmp / "q_out.onnx"
-    src.write_bytes(fp32)
-    quantize_static(
-        str(src),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv"],
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
-    model = onnx.load(str(dst))
-    props = {p.key: p.value for p in model.metadata_props}
-    props["edgeae.precision"] = "int8"
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
-    return model.SerializeToString()
-
-
-def _write_bundle(
-    root: Path,
-    task: str,
-    files: dict[tuple[str, str], bytes],
-    contract: dict,
-    extra: dict | None = None,
-    calibration: dict | None = None,
-) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    listed = {}
-    for (graph, precision), data in files.items():
-        name = f"{graph}.{precision}.onnx"
-        (root / name).write_bytes(data)
-        listed[name] = {
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
-            "graph": graph,
-            "precision": precision,
-        }
-    for name, data in (extra or {}).items():
-        (root / name).write_bytes(data)
-        listed[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    manifest = {
-        "format": "edgeae-bundle",
-        "schema_version": 1,
-        "task": task,
-        "name": root.name,
-        "files": listed,
-        "contract": contract,
-        "calibration": calibration or {},
-        "versions": {"edgeae": "0.1.0"},
-        "command": "tests",
-        "created": "2026-01-01T00:00:00Z",
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return root
-
-
 def _checkpoint(ckpt_root: Path, name: str, task: str, model, cfg: dict) -> str:
     """config.json + best.safetensors as training writes them; returns the run_id naming those weights."""
     from training.checkpoint import save_weights
@@ -189,7 +121,7 @@ def make_tiny_bundles(root: Path) -> tuple[Path, Path]:
         files = {("denoise", "fp32"): fp32}
         if channels == 1:
             feeds = [rng.integers(0, 256, (1, 32, 32, 1), dtype=np.uint8) for _ in range(4)]
-            files[("denoise", "int8")] = _int8(fp32, "frame", feeds, root)
+            files[("denoise", "int8")] = qdq_int8(fp32, "frame", feeds, root)
             m16 = to_fp16(onnx.load_from_string(fp32), [])
             props = {p.key: p.value for p in m16.metadata_props}
             props["edgeae.precision"] = "fp16"
@@ -197,7 +129,7 @@ def make_tiny_bundles(root: Path) -> tuple[Path, Path]:
             onnx.helper.set_model_props(m16, props)
             files[("denoise", "fp16")] = m16.SerializeToString()
         contract = {k.removeprefix("edgeae."): v for k, v in meta.items()}
-        _write_bundle(models / name, "denoise", files, contract)
+        write_bundle(models / name, "denoise", files, contract)
 
     for q in (1, 2):
         name = f"compress-q{q}"
@@ -234,7 +166,7 @@ def make_tiny_bundles(root: Path) -> tuple[Path, Path]:
             for k, v in enc_meta.items()
             if k not in ("edgeae.graph", "edgeae.precision", "edgeae.macs_per_pixel", "edgeae.parent_sha256")
         }
-        _write_bundle(
+        write_bundle(
             models / name,
             "compress",
             {("encoder", "fp32"): enc, ("decoder", "fp32"): dec},
@@ -257,7 +189,7 @@ def make_tiny_bundles(root: Path) -> tuple[Path, Path]:
     )
     axes = {"frame": _FRAME_AXES, "anomaly_map": _FRAME_AXES, "score": {0: "N"}, "features": {0: "N", 2: "h", 3: "w"}}
     data = _export(AnomalyFrameGraph(net), frame(3), ["frame"], ["anomaly_map", "score", "features"], axes, meta)
-    _write_bundle(
+    write_bundle(
         models / "anomaly",
         "anomaly",
         {("anomaly", "fp32"): data},
@@ -567,7 +499,7 @@ def test_model_with_mismatched_inputs_is_rejected(tmp_path: Path) -> None:
     model.ir_version = 9
     cfg = {"channels": 1, "multiple": 8}
     helper.set_model_props(model, _meta("denoise", "denoise", "fp32", cfg, 10, "x@0"))
-    _write_bundle(
+    write_bundle(
         tmp_path / "models" / "bad",
         "denoise",
         {("denoise", "fp32"): model.SerializeToString()},

@@ -7,7 +7,6 @@ tiny frames. Needs the optional ``openvino`` package (``pip install 'edgeae[open
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_files import qdq_int8, write_bundle
 from click.testing import CliRunner
 
 ov = pytest.importorskip("openvino")
@@ -160,61 +160,9 @@ def _calibration(graph: str, channels: int) -> list[np.ndarray]:
 
 
 def _int8(model: onnx.ModelProto, graph: str, channels: int, tmp: Path) -> bytes:
-    """Static QDQ INT8 (onnxruntime.quantization) of the Conv/ConvTranspose layers; metadata says int8."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
+    """Static QDQ INT8 of the Conv/ConvTranspose layers (bundle_files.qdq_int8), calibrated on _calibration."""
     name = model.graph.input[0].name
-    feeds = iter(_calibration(graph, channels))
-
-    class Reader:
-        def get_next(self):
-            x = next(feeds, None)
-            return None if x is None else {name: x}
-
-    src, dst = tmp / f"{graph}_in.onnx", tmp / f"{graph}_q.onnx"
-    onnx.save(model, src)
-    quantize_static(
-        str(src),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv", "ConvTranspose"],
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
-    q = onnx.load(str(dst))
-    props = {p.key: p.value for p in q.metadata_props}
-    props["edgeae.precision"] = "int8"
-    del q.metadata_props[:]
-    helper.set_model_props(q, props)
-    return q.SerializeToString()
-
-
-def _write_bundle(root: Path, task: str, files: dict[tuple[str, str], bytes], contract: dict, extra=None) -> None:
-    root.mkdir(parents=True)
-    listed = {}
-    for (graph, precision), data in files.items():
-        name = f"{graph}.{precision}.onnx"
-        (root / name).write_bytes(data)
-        listed[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "graph": graph}
-        listed[name]["precision"] = precision
-    for name, data in (extra or {}).items():
-        (root / name).write_bytes(data)
-        listed[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    manifest = {
-        "format": "edgeae-bundle",
-        "schema_version": 1,
-        "task": task,
-        "name": root.name,
-        "files": listed,
-        "contract": {k.removeprefix("edgeae."): v for k, v in contract.items()},
-        "calibration": {},
-        "versions": {"edgeae": "0.1.0"},
-        "command": "tests",
-        "created": "2026-01-01T00:00:00Z",
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return qdq_int8(model.SerializeToString(), name, _calibration(graph, channels), tmp, tag=graph)
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +172,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("ov-quant")
     m = root / "models"
     den = _build("denoise", 1)
-    _write_bundle(
+    write_bundle(
         m / "denoise-gray",
         "denoise",
         {("denoise", "fp32"): den.SerializeToString(), ("denoise", "int8"): _int8(den, "denoise", 1, tmp)},
         _meta("denoise", "denoise", 1),
     )
-    _write_bundle(
+    write_bundle(
         m / "anomaly",
         "anomaly",
         {("anomaly", "fp32"): _build("anomaly", 3).SerializeToString()},
@@ -244,7 +192,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
             files[("encoder", "int8")] = _int8(enc, "encoder", 3, tmp)
             files[("decoder", "int8")] = _int8(dec, "decoder", 3, tmp)
         contract = {k: v for k, v in _meta("compress", "encoder", 3, q).items() if k != "edgeae.graph"}
-        _write_bundle(m / f"compress-q{q}", "compress", files, contract, extra={"entropy.json": tables.encode()})
+        write_bundle(m / f"compress-q{q}", "compress", files, contract, extra={"entropy.json": tables.encode()})
     return m
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bundle_files import add_file, write_manifest
 
 TASK_OF_GRAPH = {"denoise": "denoise", "anomaly": "anomaly", "encoder": "compress", "decoder": "compress"}
 
@@ -201,34 +202,13 @@ def write_bundle(
                 model = build_model(graph, precision=precision, **model_kw)
             data = model if isinstance(model, bytes) else model.SerializeToString()
             name = f"{graph}.{precision}.onnx"
-            (root / name).write_bytes(data)
-            files[name] = {
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                "graph": graph,
-                "precision": precision,
-            }
+            files[name] = add_file(root, name, data, graph=graph, precision=precision)
     for name, data in (extra_files or {}).items():
-        (root / name).write_bytes(data)
-        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        files[name] = add_file(root, name, data)
     first = build_model(graphs[0], **model_kw) if graphs else None
-    contract = {}
-    if first is not None:
-        contract = {p.key.removeprefix("edgeae."): p.value for p in first.metadata_props}
-    manifest = {
-        "format": "edgeae-bundle",
-        "schema_version": 1,
-        "task": task or TASK_OF_GRAPH[graphs[0]],
-        "name": "tiny-test",
-        "files": files,
-        "contract": contract,
-        "calibration": calibration or {},
-        "versions": {"edgeae": "0.1.0"},
-        "command": "tests",
-        "created": "2026-01-01T00:00:00Z",
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return root
+    contract = {p.key: p.value for p in first.metadata_props} if first is not None else {}
+    task = task or TASK_OF_GRAPH[graphs[0]]
+    return write_manifest(root, task, files, contract, calibration, name="tiny-test")
 
 
 @pytest.fixture
