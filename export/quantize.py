@@ -235,8 +235,84 @@ def quantize(
             extra_options={"TensorQuantOverrides": plan.overrides(settings.activation)},
         )
     model = onnx.load(str(out_path))
+    if separate_glue_normalisation(model, plan):
+        onnx.save(model, str(out_path))
     prune_opsets(model)
     return model
+
+
+def separate_glue_normalisation(model, plan: QuantPlan) -> int:
+    """Give float glue that reads the quantized normalised frame its own float normalisation, in place; returns
+    how many glue inputs were rewired.
+
+    onnxruntime's quantizer quantizes a tensor for all its consumers. The normalised frame (k/255) feeds the
+    first Conv, and in the anomaly graph also the SSIM branch (AveragePool, Mul), which then reads
+    DequantizeLinear's output. onnxruntime computes the same numbers either way, because the frame's grid is
+    exact. OpenVINO does not (onnxruntime-openvino and native OpenVINO alike). It takes uint8 → Cast → Div for
+    a dequantization, moves it after the pooling and averages in u8 steps. The SSIM variances went negative, and
+    the anomaly map came out at -3659..4951 instead of 0.02..0.28.
+
+    It did so even when the glue read the float tensor directly, and when it had its own copy of the chain
+    (OpenVINO merges identical subgraphs). So the copy casts uint8 → int32 → float. That is exact, not taken for
+    a dequantization, and not merged. With it, OpenVINO's anomaly map was within 7e-5 of onnxruntime's.
+    """
+    import onnx
+
+    graph = model.graph
+    exact = set(plan.frame_tensors)
+    glue = set(plan.glue)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_inputs = {i.name for i in graph.input}
+    moved = 0
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in exact]:
+        readers = [
+            (node, dq.output[0])
+            for dq in consumers.get(q.output[0], [])
+            if dq.op_type == "DequantizeLinear"
+            for node in consumers.get(dq.output[0], [])
+            if node.name in glue
+        ]
+        if not readers:
+            continue
+        chain, tensor = [], q.input[0]  # from the normalised frame back to the graph input
+        while tensor not in graph_inputs:
+            node = producer.get(tensor)
+            if node is None:
+                break
+            chain.append(node)
+            tensor = node.input[0]
+        if tensor not in graph_inputs:
+            continue
+        copies, prev, insert_at = [], tensor, list(graph.node).index(chain[0]) + 1
+        for node in reversed(chain):
+            out = f"{node.output[0]}_glue"
+            if node.op_type == "Cast":
+                mid = f"{out}_int32"
+                copies.append(onnx.helper.make_node("Cast", [prev], [mid], name=f"{node.name}_glue_int32",
+                                                    to=onnx.TensorProto.INT32))  # fmt: skip
+                to = next(a.i for a in node.attribute if a.name == "to")
+                copies.append(onnx.helper.make_node("Cast", [mid], [out], name=f"{node.name}_glue", to=to))
+            else:
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                copy.name = f"{node.name}_glue"
+                copy.input[0] = prev
+                del copy.output[:]
+                copy.output.append(out)
+                copies.append(copy)
+            prev = out
+        for node, dq_out in readers:
+            for k, name in enumerate(node.input):
+                if name == dq_out:
+                    node.input[k] = prev
+                    moved += 1
+        for k, copy in enumerate(copies):
+            graph.node.insert(insert_at + k, copy)
+    return moved
 
 
 def qdq_conv_counts(model) -> tuple[int, int]:

@@ -290,6 +290,16 @@ def _rows(results: dict) -> dict[tuple[str, str, str, str], dict]:
     return {(r["model"], r["graph"], r["runtime"], r["precision"]): r for r in results["rows"]}
 
 
+def test_int8_disagreement_is_judged_against_the_quantization_noise() -> None:
+    ref = {"m": np.array([0.0, 0.5], np.float32)}
+    off = {"m": np.array([0.0, 0.5 + 0.08], np.float32)}  # 16 % of the range: flagged on its own
+    assert ovb._diffs(off, ref)["m"]["disagrees"] is True
+    noise = ovb._diffs({"m": np.array([0.0, 0.45], np.float32)}, ref)  # INT8 itself moves it by 0.05
+    assert ovb._diffs(off, ref, noise)["m"]["disagrees"] is False  # within twice the noise
+    far = {"m": np.array([0.0, 0.5 + 0.2], np.float32)}
+    assert ovb._diffs(far, ref, noise)["m"]["disagrees"] is True
+
+
 def test_comparison_rows_without_bf16_when_the_cpu_lacks_it(models: Path) -> None:
     res = ovb.run_comparison(models, ["64x48"], 1, warmup=1, repeat=5, budget_s=0, cpu_flags=["avx2"])
     rows = _rows(res)
@@ -313,7 +323,13 @@ def test_comparison_rows_without_bf16_when_the_cpu_lacks_it(models: Path) -> Non
         base = rows[(key[0], key[1], "onnxruntime", "fp32")]["timing"]["p50_ms"]
         assert r["speedup_vs_ort_fp32"] == pytest.approx(base / r["timing"]["p50_ms"])
         if r["runtime"] == "onnxruntime":
-            assert r["diff"] is None and r["providers"] == ["CPUExecutionProvider"]
+            assert r["providers"] == ["CPUExecutionProvider"]
+            if r["precision"] == "fp32":
+                assert r["diff"] is None
+            else:  # INT8 against FP32: the quantization noise OpenVINO's INT8 is judged against
+                assert r["compared_with"] == "onnxruntime fp32" and set(r["diff"]) == set(
+                    rows[(key[0], key[1], "openvino", "int8")]["diff"]
+                )
             continue
         assert r["compared_with"] == f"onnxruntime {r['precision']}"
         assert r["file"] == f"{key[1]}.{r['precision']}.onnx"
