@@ -154,8 +154,9 @@ def cuda_options(conv_search: str = "EXHAUSTIVE", tf32: bool = False, nhwc: bool
     ``conv_search``: how cuDNN picks convolution kernels, once per input shape (EXHAUSTIVE times them all on
     the first call of a shape; the frames of a stream share one shape). ``tf32``: onnxruntime enables TF32
     tensor-core math for FP32 by default; it is off here so that an "fp32" graph computes in FP32 and matches
-    the CPU within a grey level (``fp16`` is the fast precision on a GPU). ``nhwc``: ``prefer_nhwc``, cuDNN's
-    channels-last kernels (what PyTorch's channels-last uses).
+    the CPU: on an H200 TF32 was 1.3-1.8x faster but changed codec latents and moved anomaly scores by 1.2e-3
+    (BENCHMARKS.md, GPU). ``nhwc``: ``prefer_nhwc``, cuDNN's channels-last kernels (what PyTorch's channels-last
+    uses); it did not help there.
     """
     conv_search = conv_search.upper()
     if conv_search not in CUDA_CONV_SEARCH:
