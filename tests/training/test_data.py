@@ -11,34 +11,11 @@ import pytest
 
 pytest.importorskip("torch")
 
+from train_images import texture, write_images  # noqa: E402
+
 from edge_runtime.errors import BAD_DATA, BadDataError  # noqa: E402
 from training.data import PatchSampler, center_crops, load_dataset, split  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def texture(rng: np.random.Generator, size: int = 64, channels: int = 3) -> np.ndarray:
-    """A smooth random texture with some fine grain, uint8 (size, size, channels)."""
-    low = rng.integers(0, 256, (8, 8, channels), dtype=np.uint8)
-    img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC).reshape(size, size, channels)
-    return np.clip(img.astype(np.int16) + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
-
-
-def write_images(folder: Path, n: int = 6, size: int = 64, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        assert cv2.imwrite(str(folder / f"img{i:02d}.png"), texture(rng, size))
-    return folder
 
 
 def write_video(path: Path, frames: int = 20, size: int = 64) -> Path:

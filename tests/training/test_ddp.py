@@ -9,13 +9,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 from safetensors.torch import load_file  # noqa: E402
+from train_images import write_images  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,14 +59,7 @@ WORKER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data") / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        img = cv2.resize(low, (64, 64), interpolation=cv2.INTER_CUBIC)
-        assert cv2.imwrite(str(folder / f"img{i:02d}.png"), img)
-    return folder
+    return write_images(tmp_path_factory.mktemp("data") / "imgs", grain=False)
 
 
 def torchrun(tmp_path: Path, images: Path, **extra) -> tuple[Path, Path]:

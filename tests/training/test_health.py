@@ -6,12 +6,12 @@ import json
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+from train_images import write_images  # noqa: E402
 
 import training.train as tt  # noqa: E402
 from edge_runtime.errors import BAD_DATA, BadDataError  # noqa: E402
@@ -19,26 +19,10 @@ from training import health  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """14 textures: the fixed split holds out two of them, so pooled latents have more than one row."""
-    folder = tmp_path_factory.mktemp("data") / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(14):
-        low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        img = cv2.resize(low, (64, 64), interpolation=cv2.INTER_CUBIC)
-        img = np.clip(img.astype(np.int16) + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
-        assert cv2.imwrite(str(folder / f"img{i:02d}.png"), img)
-    return folder
+    return write_images(tmp_path_factory.mktemp("data") / "imgs", n=14)
 
 
 def cfg_for(out: Path, data: Path, task: str = "compress", **kw) -> TrainConfig:

@@ -41,14 +41,6 @@ PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def default_model(task: str, channels: int) -> nn.Module:
     torch.manual_seed(0)
     if task == "denoise":

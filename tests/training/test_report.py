@@ -13,28 +13,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
+from train_images import write_images  # noqa: E402
+
 from training import report  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data") / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        img = cv2.resize(low, (64, 64), interpolation=cv2.INTER_CUBIC)
-        assert cv2.imwrite(str(folder / f"img{i:02d}.png"), img)
-    return folder
+    return write_images(tmp_path_factory.mktemp("data") / "imgs", grain=False)
 
 
 def read_log(run: Path) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -13,32 +12,13 @@ torch = pytest.importorskip("torch")
 
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from train_images import write_images  # noqa: E402
 
 from training.checkpoint import load_run  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
 TASKS = ("denoise", "compress", "anomaly")
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".npy", ".npz"}
-
-
-def write_images(folder: Path, n: int = 6, size: int = 64, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
-        img = np.clip(img.astype(np.int16) + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
-        assert cv2.imwrite(str(folder / f"img{i:02d}.png"), img)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest (and least disturbed by a busy machine) on one thread; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
