@@ -29,7 +29,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -51,8 +51,8 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a directory be opened.
+def fsync_dir(folder: Path) -> None:
+    """Make renames into ``folder`` durable; a no-op where a directory cannot be opened (not every platform)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:

@@ -12,7 +12,6 @@ listed in the manifest's ``metrics`` with ``"written": false``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import ModelRejectedError, UsageError
+from edge_runtime.io import fsync_dir
 from export import gate as gt
 from export import metadata as md
 from export import onnx_export as ox
@@ -90,15 +90,6 @@ def _check_out_dir(out: Path) -> None:
             raise UsageError(f"{out}: exists, is not empty and holds no {MANIFEST}; refusing to replace it")
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished bundle ``tmp`` to ``out``, replacing an existing bundle there."""
     if out.exists():
@@ -112,7 +103,7 @@ def _install(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -435,7 +426,7 @@ def export_run(
         manifest = _manifest(ex, out, command, threads, settings, calib)
         text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
         _write_file(tmp / MANIFEST, text.encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
