@@ -685,3 +685,13 @@ def test_cuda_outputs_match_the_cpu(tiny: tuple[Path, Path]) -> None:
     assert {r["task"] for r in rows} == {"denoise", "anomaly", "compress"}
     for r in rows:
         assert r.get("met") is True, r
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the refusal where onnxruntime has no CUDA provider")
+def test_gpu_check_without_cuda_exits_4_with_one_line(tmp_path: Path, capsys) -> None:
+    from benchmarks.gpu_check import main
+
+    assert main(["--out", str(tmp_path / "g"), "--sections", "env"]) == errors.MODEL_REJECTED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpu_check: onnxruntime has no CUDAExecutionProvider") and "\n" not in err
+    assert not (tmp_path / "g").exists()  # nothing half-made

@@ -138,7 +138,7 @@ def test_cuda_not_available_is_rejected(make_bundle, no_cuda):
     assert "--allow-fallback" in str(err.value) and "CPUExecutionProvider" in str(err.value)
 
 
-@pytest.mark.parametrize("device", ["tensorrt", "openvino", "coreml", "xnnpack"])
+@pytest.mark.parametrize("device", ["tensorrt", "openvino", "openvino-bf16", "coreml", "xnnpack"])
 def test_other_accelerators_not_available_are_rejected(make_bundle, monkeypatch, device):
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
     with pytest.raises(ModelRejectedError, match=f"requested {device} but"):
