@@ -9,6 +9,11 @@ Standard library only. It answers GET (and HEAD) on three paths and nothing more
 Any other path is 404 and never a file from disk; any other method is 405. On a non-loopback address it
 refuses to start without an access token unless told ``insecure``; with a token every request needs it
 (``?token=`` or ``Authorization: Bearer``).
+
+Viewers are capped, and a viewer that does not take a frame within ``SEND_DEADLINE`` seconds is dropped: the
+kernel buffer per viewer is kept small (``STREAM_SNDBUF``) so that a client that never reads is noticed after a
+few frames, not after megabytes, and frees its slot within seconds. Clients that reset or vanish are routine:
+nothing is printed for them; an unexpected error in a handler is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import select
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -34,9 +40,14 @@ from edge_runtime.errors import BadDataError, UsageError
 TOKEN_ENV = "EDGEAE_TOKEN"
 BOUNDARY = "edgeaeframe"
 PATHS = ("/stream.mjpg", "/snapshot.jpg", "/health")
-# A viewer that cannot take a frame for this long (or a client that sends no request) is dropped, so that
-# one stalled browser cannot hold a thread and a viewer slot forever.
-SOCKET_TIMEOUT = 10.0
+# A client that sends no complete request line or header within this long is dropped.
+SOCKET_TIMEOUT = 5.0
+# A viewer that cannot take a whole frame within this long is dropped, so that clients that never read (or read
+# a trickle) cannot hold the viewer slots: a cheap lock-out otherwise.
+SEND_DEADLINE = 3.0
+# Kernel send buffer asked for each stream (Linux doubles it): a few frames of slack for a viewer on a slow link,
+# not the megabytes TCP autotuning would grant a client that never reads.
+STREAM_SNDBUF = 256 * 1024
 _WAIT_SLICE = 0.5
 
 
@@ -90,6 +101,7 @@ class ViewServer:
         self._jpeg: bytes | None = None
         self._seq = 0
         self._viewers = 0
+        self._dropped = 0  # viewers dropped for not taking a frame within SEND_DEADLINE
         self._connections: set[socket.socket] = set()
         self._stopping = False
         self._started_at = 0.0
@@ -160,11 +172,19 @@ class ViewServer:
     # ------------------------------------------------------------------------------------------- frames
 
     def publish(self, frame: np.ndarray) -> None:
-        """Encode ``frame`` ((H, W, 3) uint8 BGR) to JPEG once and wake every viewer; never blocks on viewers."""
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        """Encode ``frame`` to JPEG once and wake every viewer; never blocks on viewers.
+
+        frame: (H, W, 3) uint8 BGR, or one channel, (H, W) or (H, W, 1) uint8, shown as gray.
+        """
+        ok_shape = isinstance(frame, np.ndarray) and (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3)))
+        if not ok_shape or frame.dtype != np.uint8 or frame.size == 0:
             shape = getattr(frame, "shape", None)
             dtype = getattr(frame, "dtype", type(frame).__name__)
-            raise BadDataError(f"view server: a frame must be (H, W, 3) uint8 BGR, got {shape} {dtype}")
+            raise BadDataError(f"view server: a frame must be (H, W, 3) BGR or (H, W) gray uint8, got {shape} {dtype}")
+        if frame.ndim == 3 and frame.shape[2] == 1:
+            frame = frame[:, :, 0]
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             raise BadDataError(f"view server: JPEG encoding failed for a {frame.shape} frame")
@@ -180,6 +200,7 @@ class ViewServer:
                 "frames_published": self._seq,
                 "viewers": self._viewers,
                 "max_viewers": self.max_viewers,
+                "viewers_dropped": self._dropped,
                 "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
                 "has_frame": self._jpeg is not None,
             }
@@ -208,9 +229,10 @@ class ViewServer:
             self._viewers += 1
             return True
 
-    def _remove_viewer(self) -> None:
+    def _remove_viewer(self, dropped: bool = False) -> None:
         with self._cond:
             self._viewers -= 1
+            self._dropped += dropped
 
     def _next_jpeg(self, last_seq: int, conn: socket.socket) -> tuple[bytes, int] | None:
         """Block until a frame newer than ``last_seq``; None when stopping or the viewer has gone."""
@@ -240,6 +262,15 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     view: ViewServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The base class prints a traceback for any exception a handler lets out. Clients that reset, vanish
+        # or stall are routine on a network and print nothing; anything else is one line.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        text = " ".join(str(exc).split())[:200]
+        print(f"edgeae: view server: {type(exc).__name__} serving {client_address[0]}: {text}", file=sys.stderr)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
@@ -257,6 +288,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # no per-request lines on stderr; a token in a query string must not end up in logs either
 
     def setup(self) -> None:
+        with contextlib.suppress(OSError):  # before the first byte is sent: it bounds what a stalled viewer buffers
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         super().setup()
         with self.server.view._cond:
             self.server.view._connections.add(self.connection)
@@ -312,9 +345,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not view._add_viewer():
             self._send_text(503, "too many viewers\n", {"Retry-After": "5"})
             return
+        dropped = False
         try:
             self._start(200, f"multipart/x-mixed-replace; boundary={BOUNDARY}", {"Connection": "close"})
             self.end_headers()
+            # sendall's timeout bounds the whole call (not each partial send), so this is a per-frame deadline.
+            self.connection.settimeout(SEND_DEADLINE)
             seq = 0
             while True:
                 item = view._next_jpeg(seq, self.connection)
@@ -325,11 +361,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                 ).encode("ascii")
                 self.wfile.write(head_bytes + jpeg + b"\r\n")
-                self.wfile.flush()
+        except TimeoutError:
+            dropped = True  # stalled or too slow for the frames: the slot goes to someone who watches
         except OSError:
-            pass  # the viewer went away or stalled past the socket timeout
+            pass  # the viewer went away
         finally:
-            view._remove_viewer()
+            view._remove_viewer(dropped)
             self.close_connection = True
 
     def _start(self, status: int, content_type: str, extra: dict[str, str]) -> None:

@@ -304,7 +304,9 @@ def test_no_request_logging(server, capfd):
 
 def test_bad_frames_and_bad_settings_are_rejected(server):
     with pytest.raises(BadDataError):
-        server.publish(np.zeros((H, W), np.uint8))
+        server.publish(np.zeros((H, W, 2), np.uint8))  # one channel or three (test_serve_clients.py)
+    with pytest.raises(BadDataError):
+        server.publish(np.zeros((0, W), np.uint8))
     with pytest.raises(BadDataError):
         server.publish(np.zeros((H, W, 3), np.float32))
     with pytest.raises(UsageError):
