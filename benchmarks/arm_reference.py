@@ -9,7 +9,7 @@ default thread pool crashes, and one thread also removes any doubt about reducti
   and every precision in ``--precisions`` some graph of it has (a compression bundle with an INT8 decoder but
   no INT8 encoder runs its ``int8`` entry as FP32 encoder + INT8 decoder; ``graphs`` in the result says so):
 
-  - compress: ``edge_runtime.codec.compress`` writes ``OUT/NAME.PREC.eae``; its SHA-256, the entropy-decoded
+  - compress: ``edge_runtime.commands.compress`` writes ``OUT/NAME.PREC.eae``; its SHA-256, the entropy-decoded
     latents (``.latent.npy``) and the decoded frames (``.decoded.npy`` and per-frame SHA-256) are recorded.
     With ``--cross OTHER_OUT`` the other side's stream, when it differs from this side's, is decoded too
     (``.cross.npy``): that tests the decoder on identical input even when the two encoders disagree.
@@ -183,7 +183,8 @@ def run_compress(
 ) -> dict[str, Any]:
     """``streams`` caches the stream of each (bundle folder, encoder precision) already encoded in this run."""
     from edge_runtime import bitstream
-    from edge_runtime.codec import Decoder, compress
+    from edge_runtime.codec import Decoder
+    from edge_runtime.commands import compress
 
     stream_path = out / f"{stem}.eae"
     key = (str(folder), graphs["encoder"])

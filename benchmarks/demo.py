@@ -108,7 +108,7 @@ def run_demo(
     # Denoising: the video through edge_runtime, then PSNR against the clean frames we made.
     den_model = models / "denoise-color"
     if (den_model / "manifest.json").is_file():
-        from edge_runtime.denoise import denoise_source
+        from edge_runtime.commands import denoise_source
 
         p = prec(den_model, "denoise")
         st = denoise_source(den_model, src, out / "denoised.mkv", precision=p, threads=threads)
@@ -122,7 +122,7 @@ def run_demo(
     # Compression: the clean clip to one .eae stream and back.
     comp = sorted(models.glob("compress-q*"))
     if comp:
-        from edge_runtime.codec import compress, decompress
+        from edge_runtime.commands import compress, decompress
 
         model = comp[len(comp) // 2]
         p = prec(model, "encoder")
@@ -144,7 +144,8 @@ def run_demo(
     # Anomaly: calibrate a copy of the generic model on a fixed camera, then score frames with pasted defects.
     ano_model = models / "anomaly"
     if (ano_model / "manifest.json").is_file():
-        from edge_runtime.anomaly import calibrate, score_source
+        from edge_runtime.anomaly import calibrate
+        from edge_runtime.commands import score_source
         from training.defects import paste_defect
 
         local = out / "anomaly-calibrated"
@@ -163,6 +164,7 @@ def run_demo(
                                           donor=photos[2])  # fmt: skip
             labels.append(i % 2)
         _write_video(out / "anomaly_input.mkv", test)
+        (out / "events.jsonl").unlink(missing_ok=True)  # an events file is a log that runs append to
         st = score_source(local, out / "anomaly_input.mkv", out / "anomaly_overlay.mkv",
                           events_path=out / "events.jsonl", precision=p, threads=threads, progress=False)  # fmt: skip
         events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line.strip()]

@@ -636,7 +636,7 @@ def pipeline_vs_session(
 
     Returns ``{"pipeline_fps", "session_fps", "ratio", "frames", ...}``; ``ratio`` = pipeline / bare.
     """
-    from edge_runtime.pipeline import RunOptions, run_pipeline
+    from edge_runtime.commands import RunOptions, run_pipeline
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         video = make_video(Path(tmp) / "bench_640x480.avi", size[0], size[1], frames)

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.pipeline import RunOptions, run_pipeline
+from edge_runtime.commands import RunOptions, run_pipeline
 
 
 def rss_mb() -> float:

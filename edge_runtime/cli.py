@@ -8,10 +8,12 @@ edge install (numpy, onnxruntime, OpenCV, click) never imports them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -66,19 +68,32 @@ class EdgeAEGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from edge_runtime.pipeline import stop_signals
+
         debug = bool(ctx.params.get("debug") or os.environ.get("EDGEAE_DEBUG"))
         try:
-            return super().invoke(ctx)
+            with stop_signals(), warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except errors.EdgeAEError as exc:
             if debug:
                 raise
             click.echo(f"edgeae: error: {_one_line(exc)}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if debug:
                 raise
-            click.echo("edgeae: interrupted", err=True)
-            ctx.exit(errors.INTERRUPTED)
+            code = errors.stop_exit_code(exc)
+            click.echo(f"edgeae: {'interrupted' if code == errors.INTERRUPTED else 'stopped by ' + str(exc)}",
+                       err=True)  # fmt: skip
+            ctx.exit(code)
+        except OSError as exc:
+            # A write that no sink turned into an OutputError yet: still one line and exit 3, naming the path.
+            if debug:
+                raise
+            where = exc.filename or "output"
+            click.echo(f"edgeae: error: {where}: {exc.strerror or exc}", err=True)
+            ctx.exit(errors.BAD_DATA)
         except ModuleNotFoundError as exc:
             if debug or not _is_torch_side(exc):
                 raise
@@ -89,6 +104,12 @@ class EdgeAEGroup(click.Group):
 def _is_torch_side(exc: ModuleNotFoundError) -> bool:
     name = (exc.name or "").split(".")[0]
     return name in {n.split(".")[0] for n in TORCH_SIDE} or name in {"skimage", "matplotlib", "tqdm", "bm3d"}
+
+
+def _one_line_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                      line: Any = None) -> None:  # fmt: skip
+    """Warnings as ``edgeae: warning: ...`` on one line, without Python's source line."""
+    click.echo(f"edgeae: warning: {' '.join(str(message).split())}", err=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -124,13 +145,54 @@ def runtime_options(f):
 
 
 def _print_stats(stats: dict, stats_path: str | None) -> None:
+    """The run's counters and per-stage latency table; the whole stats as JSON to ``stats_path``. A run that was
+    stopped by a signal ends with its exit code (130/143/129) after this."""
     from edge_runtime.stats import format_stats
 
     click.echo(format_stats(stats))
     if stats_path:
-        from edge_runtime.io import atomic_write_text
+        from edge_runtime.outputs import write_json
 
-        atomic_write_text(stats_path, json.dumps(stats, indent=2, default=float) + "\n")
+        write_json(stats_path, stats)
+    if stats.get("interrupted"):
+        raise _Interrupted(stats.get("exit_code") or errors.INTERRUPTED)
+
+
+def _print_summary(stats: dict) -> None:
+    """One JSON line of the scalar stats (what scripts parse); a stopped run then exits with its code."""
+    click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
+    if stats.get("interrupted"):
+        raise _Interrupted(stats.get("exit_code") or errors.INTERRUPTED)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A run that ended on a stop signal after finalising its outputs: exit with that signal's code."""
+
+    def __init__(self, exit_code: int):
+        super().__init__("stopped")
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def _reporting(stats_path: str | None, summary: bool = False):
+    """Print what a run did (its stats attached to the error) before its one-line error."""
+    try:
+        yield
+    except errors.EdgeAEError as exc:
+        stats = getattr(exc, "stats", None)
+        if isinstance(stats, dict):
+            if summary:
+                click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))},
+                                      default=float))  # fmt: skip
+            else:
+                from edge_runtime.stats import format_stats
+
+                click.echo(format_stats(stats))
+                if stats_path:
+                    from edge_runtime.outputs import write_json
+
+                    write_json(stats_path, stats)
+        raise
 
 
 @click.group(cls=EdgeAEGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -144,7 +206,8 @@ def cli(debug: bool) -> None:
     Device:       edgeae denoise | score | calibrate | compress | decompress | run
     Measure:      edgeae bench, edgeae demo
 
-    Exit codes: 0 ok, 2 usage, 3 bad or corrupt input data, 4 model rejected, 5 source lost, 130 interrupted.
+    Exit codes: 0 ok, 2 usage, 3 bad or corrupt input data or an output that could not be written, 4 model
+    rejected, 5 source lost, 130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP (outputs finalised).
     """
 
 
@@ -163,13 +226,12 @@ def denoise(model, input, output, tile, stats_path, precision, device, allow_fal
     INPUT is an image, a folder, a glob (quoted) or a video. Corrupt images are skipped and counted; the run
     then exits 3 after writing the others.
     """
-    from edge_runtime.denoise import denoise_source
+    from edge_runtime.commands import denoise_source
 
-    stats = denoise_source(model, input, output, tile=tile, precision=precision, device=device,
-                           allow_fallback=allow_fallback, threads=threads)  # fmt: skip
+    with _reporting(stats_path):
+        stats = denoise_source(model, input, output, tile=tile, precision=precision, device=device,
+                               allow_fallback=allow_fallback, threads=threads, progress=True)  # fmt: skip
     _print_stats(stats, stats_path)
-    if stats.get("error"):
-        raise errors.BadDataError(stats["error"])
 
 
 @cli.command()
@@ -182,15 +244,17 @@ def denoise(model, input, output, tile, stats_path, precision, device, allow_fal
 def score(model, input, output, events, precision, device, allow_fallback, threads):
     """Score frames of INPUT for anomalies with an anomaly MODEL bundle.
 
-    Prints one line per frame (score in normalised units, threshold, alarm); alarms use temporal smoothing
-    with hysteresis so one noisy frame does not raise one. Calibrate the model on the scene first
-    (`edgeae calibrate`).
+    Prints one summary line (JSON: frames, anomalous frames, alarms, threshold, max score); --events writes one
+    line per frame (docs/events.md). On a video or a camera, alarms use temporal smoothing with hysteresis so
+    one noisy frame does not raise one; the images of a folder are scored each on its own. Calibrate the model
+    on the scene first (`edgeae calibrate`).
     """
-    from edge_runtime.anomaly import score_source
+    from edge_runtime.commands import score_source
 
-    stats = score_source(model, input, output, events_path=events, precision=precision, device=device,
-                         threads=threads, allow_fallback=allow_fallback, progress=True)  # fmt: skip
-    click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
+    with _reporting(None, summary=True):
+        stats = score_source(model, input, output, events_path=events, precision=precision, device=device,
+                             threads=threads, allow_fallback=allow_fallback, progress=True)  # fmt: skip
+    _print_summary(stats)
 
 
 @cli.command()
@@ -229,11 +293,12 @@ def compress(model, input, output, quality, precision, device, allow_fallback, t
 
     The stream names its decoder by a prefix of the decoder file's SHA-256; see docs/bitstream.md.
     """
-    from edge_runtime.codec import compress as run_compress
+    from edge_runtime.commands import compress as run_compress
 
-    stats = run_compress(model, input, output, quality=quality, precision=precision, device=device,
-                         threads=threads, allow_fallback=allow_fallback, progress=True)  # fmt: skip
-    click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
+    with _reporting(None, summary=True):
+        stats = run_compress(model, input, output, quality=quality, precision=precision, device=device,
+                             threads=threads, allow_fallback=allow_fallback, progress=True)  # fmt: skip
+    _print_summary(stats)
 
 
 @cli.command()
@@ -251,12 +316,13 @@ def decompress(stream, output, model, models_dir, frame, precision, device, allo
     Any damage to the stream (truncation, a flipped bit, trailing bytes, another model's stream) is refused
     with exit 3 and leaves no output behind.
     """
-    from edge_runtime.codec import decompress as run_decompress
+    from edge_runtime.commands import decompress as run_decompress
 
-    stats = run_decompress(stream, output, model=model, models_dir=models_dir, precision=precision,
-                           device=device, threads=threads, allow_fallback=allow_fallback, frame=frame,
-                           progress=True)  # fmt: skip
-    click.echo(json.dumps({k: v for k, v in stats.items() if not isinstance(v, (list, dict))}, default=float))
+    with _reporting(None, summary=True):
+        stats = run_decompress(stream, output, model=model, models_dir=models_dir, precision=precision,
+                               device=device, threads=threads, allow_fallback=allow_fallback, frame=frame,
+                               progress=True)  # fmt: skip
+    _print_summary(stats)
 
 
 @cli.command()
@@ -287,18 +353,15 @@ def run(model, source, show, serve, token, insecure, record, events, stats_path,
     in order. Ctrl-C stops promptly, flushes the outputs and exits 130. At the end: frames in, processed and
     dropped, per-stage latency p50/p95/p99 and frames per second.
     """
-    from edge_runtime.pipeline import RunOptions, run_pipeline
+    from edge_runtime.commands import RunOptions, run_pipeline
 
     opts = RunOptions(model=model, source=source, show=show, serve=serve, token=token, insecure=insecure,
-                      record=record, events=events, max_frames=max_frames, open_timeout=open_timeout,
-                      read_timeout=read_timeout, reconnects=reconnects, precision=precision, device=device,
-                      allow_fallback=allow_fallback, threads=threads)  # fmt: skip
-    stats = run_pipeline(opts)
-    _print_stats(stats, stats_path)
-    if stats.get("interrupted"):
-        raise KeyboardInterrupt
-    if stats.get("error"):
-        raise errors.BadDataError(stats["error"])
+                      record=record, events=events, stats=stats_path, max_frames=max_frames,
+                      open_timeout=open_timeout, read_timeout=read_timeout, reconnects=reconnects,
+                      precision=precision, device=device, allow_fallback=allow_fallback, threads=threads)  # fmt: skip
+    with _reporting(None):
+        stats = run_pipeline(opts)
+    _print_stats(stats, None)
 
 
 def main() -> None:

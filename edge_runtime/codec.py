@@ -2,8 +2,8 @@
 
 The core is pure: :meth:`Encoder.encode` takes a frame and returns a :class:`~edge_runtime.bitstream.FrameRecord`,
 :meth:`Decoder.decode` takes a record and returns the frame, :func:`decode_stream` takes the bytes of a whole
-stream.  :func:`compress` and :func:`decompress` add the file handling around them: sources, model look-up,
-atomic output (a temp file or folder beside the target, renamed into place only when everything succeeded).
+stream.  :class:`CompressTask` and :class:`DecompressTask` are the frame loop's tasks; the files around them
+(sources, sinks) are :mod:`edge_runtime.commands`'.
 
 Model identity.  A stream names its decoder by ``model_id``, the first 8 bytes of the SHA-256 of the bundle's
 **FP32** decoder file as listed in the manifest (the reference every other precision is derived from, see
@@ -18,14 +18,10 @@ latent back to that grid; the decoder pads the latent (edge) to the same multipl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import secrets
-import shutil
 import stat
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,14 +31,12 @@ import cv2
 import numpy as np
 
 from . import bitstream
-from .bitstream import FrameRecord, StreamWriter, check_model_id, iter_frames, read_frame, read_header
+from .bitstream import FrameRecord, check_model_id, iter_frames, read_frame, read_header
 from .entropy import EntropyTables, decode_latents, encode_latents, tables_from_json
 from .errors import BadDataError, ModelRejectedError, UsageError
-from .io import atomic_path, atomic_write_bytes
 from .model import MANIFEST_NAME, MAX_MANIFEST_BYTES, PRECISIONS, Bundle, load_bundle, open_graph, read_model_bytes
 from .session import RuntimeGraph
-from .sources import open_source
-from .stats import StageClock
+from .task import Outcome, check_frame
 
 # The whole stream is read into memory; anything larger is refused before a byte is read.
 MAX_STREAM_BYTES = 2 * 1024**3
@@ -51,11 +45,7 @@ MAX_TABLES_BYTES = 64 * 1024 * 1024
 LATENT_STRIDE = bitstream.LATENT_STRIDE
 ENTROPY_FILE = "entropy.json"
 
-IMAGE_OUTPUTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
-# Extension -> FourCC that this OpenCV (FFMPEG backend) writes; .mkv gets FFV1, which is lossless.
-VIDEO_OUTPUTS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
 DEFAULT_FPS = 25.0
-_PROGRESS_EVERY_S = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,169 +418,7 @@ def _resolve_compress_model(model: str | os.PathLike | Bundle, quality: int | No
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Files
-
-
-class _Progress:
-    """A throttled ``label: N frames`` line on stderr."""
-
-    def __init__(self, enabled: bool, label: str):
-        self.enabled = bool(enabled)
-        self.label = label
-        self._last = 0.0
-        self._shown = False
-
-    def update(self, count: int, total: int | None = None) -> None:
-        now = time.monotonic()
-        if self.enabled and now - self._last >= _PROGRESS_EVERY_S:
-            self._last = now
-            self._shown = True
-            of = f"/{total}" if total else ""
-            print(f"\r{self.label}: {count}{of} frames", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self._shown:
-            print(file=sys.stderr, flush=True)
-
-
-def _ms(seconds: float, frames: int) -> float:
-    return round(1000.0 * seconds / max(frames, 1), 3)
-
-
-def compress(
-    model: str | os.PathLike | Bundle,
-    input_spec: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    quality: int | None = None,
-    precision: str = "fp32",
-    device: str = "cpu",
-    threads: int | None = None,
-    allow_fallback: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Compress an image, a folder or glob of images, or a video file into one ``.eae`` stream.
-
-    ``model``: a compress bundle, or a folder of bundles (e.g. ``models/``) from which ``quality`` picks one
-    (default: the middle quality present).  Frames go in source order; the stream is written to a temp file beside
-    ``output_path`` and renamed into place when complete, so an error, a full disk or Ctrl-C leaves nothing behind
-    (and an existing ``output_path`` untouched).  Unreadable images (and frames the model refuses, e.g. over its
-    max side) are skipped and a truncated video ends after its last good frame: the output is completed with the
-    good frames, then BadDataError (3) reports the count, with the stats attached as ``err.stats``.
-    Returns stats: frames, bytes, bpp, per-stage milliseconds per frame (read, inference, entropy, write), totals.
-    """
-    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 255):
-        raise UsageError(f"quality must be an integer in 0..255, got {quality!r}")
-    output = Path(output_path)
-    if output.is_dir():
-        raise UsageError(f"{output}: is a folder; compress writes one .eae file")
-    bundle = _resolve_compress_model(model, quality)
-    encoder = Encoder(bundle, precision=precision, device=device, threads=threads, allow_fallback=allow_fallback)
-    spent = {"read": 0.0, "inference": 0.0, "entropy": 0.0, "write": 0.0}
-    clock = StageClock()  # per-frame samples for p50/p95/p99; ``spent`` keeps the totals
-    pixels = 0
-    bpp_sum = 0.0
-    refused: list[str] = []
-    bar = _Progress(progress, f"compress {output.name}")
-    source = open_source(os.fspath(input_spec))
-    try:
-        if source.live:
-            raise UsageError(f"{source.description}: compress takes images, folders and video files, not live sources")
-        with StreamWriter(output, encoder.model_id, encoder.quality) as writer:
-            frames = iter(source)
-            while True:
-                t0 = time.perf_counter()
-                item = next(frames, None)
-                t1 = time.perf_counter()
-                spent["read"] += t1 - t0
-                if item is None:
-                    break
-                height, width = item.image.shape[:2]
-                try:
-                    latent = encoder.latent(item.image)
-                except BadDataError as exc:
-                    refused.append(f"{item.name or f'frame {item.index}'} ({exc})")
-                    continue
-                t2 = time.perf_counter()
-                rec = encoder.record(latent, height, width)
-                t3 = time.perf_counter()
-                writer.add(rec)
-                t4 = time.perf_counter()
-                spent["inference"] += t2 - t1
-                spent["entropy"] += t3 - t2
-                spent["write"] += t4 - t3
-                clock.add("capture", (t1 - t0) * 1000)
-                clock.add("inference", (t2 - t1) * 1000)
-                clock.add("entropy", (t3 - t2) * 1000)
-                clock.add("write", (t4 - t3) * 1000)
-                pixels += height * width
-                bpp_sum += 8.0 * (bitstream.RECORD_OVERHEAD + len(rec.payload)) / (height * width)
-                bar.update(writer.frame_count)
-            count = writer.frame_count
-            if count == 0:
-                raise BadDataError(_nothing_read(source, input_spec, refused))
-            t0 = time.perf_counter()
-            writer.close()
-            spent["write"] += time.perf_counter() - t0
-    except OSError as exc:  # a full disk, a read-only folder: the writer has removed its temp file
-        raise BadDataError(f"{output}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        source.close()
-        bar.done()
-    total_bytes = output.stat().st_size
-    stats = {
-        "input": os.fspath(input_spec),
-        "output": str(output),
-        "model": str(bundle.root),
-        "model_id": encoder.model_id.hex(),
-        "quality": encoder.quality,
-        "precision": precision,
-        "channels": encoder.channels,
-        "pad_multiple": encoder.multiple,  # frames are padded to this before the encoder graph
-        "frames": count,
-        "bytes": total_bytes,
-        "bpp": round(8.0 * total_bytes / pixels, 5),
-        "bpp_mean": round(bpp_sum / count, 5),
-        "frames_bad": source.stats.frames_bad + len(refused),
-        "bad_files": list(source.stats.bad_files),
-        "refused": refused,
-        "truncated": source.stats.truncated,
-        "ms": {k: _ms(v, count) for k, v in spent.items()},
-        "ms_total": {k: round(1000.0 * v, 3) for k, v in spent.items()},
-        "stages": clock.summary(),
-    }
-    problems = []
-    if source.stats.frames_bad:
-        total = count + source.stats.frames_bad + len(refused)
-        problems.append(f"{source.stats.frames_bad} of {total} images could not be read: {_bad_list(source)}")
-    if refused:
-        more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
-        total = count + len(refused)
-        problems.append(f"{len(refused)} of {total} frames refused by the model: {', '.join(refused[:3])}{more}")
-    if source.stats.truncated:
-        problems.append(f"{input_spec}: video truncated ({source.stats.last_error})")
-    if problems:
-        err = BadDataError("; ".join(problems) + f"; the {count} good frames were compressed to {output}")
-        err.stats = stats  # type: ignore[attr-defined]
-        raise err
-    return stats
-
-
-def _bad_list(source: Any) -> str:
-    names = source.stats.bad_files
-    text = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    if source.stats.last_error:
-        text += f" (last: {source.stats.last_error})"
-    return text
-
-
-def _nothing_read(source: Any, spec: Any, refused: list[str]) -> str:
-    if refused:
-        return f"{spec}: every frame was refused, e.g. {refused[0]}; nothing written"
-    if source.stats.frames_bad:
-        return f"{spec}: none of {source.stats.frames_bad} images could be read: {_bad_list(source)}; nothing written"
-    detail = f" ({source.stats.last_error})" if source.stats.last_error else ""
-    return f"{spec}: no frame could be read{detail}; nothing written"
+# Streams on disk and the frame loop's tasks
 
 
 def read_stream_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
@@ -617,18 +445,16 @@ def read_stream_file(path: str | os.PathLike, max_bytes: int | None = None) -> b
     return data
 
 
-def _output_kind(output: Path) -> str:
-    ext = output.suffix.lower()
-    if output.is_dir():
-        return "folder"
-    if ext in IMAGE_OUTPUTS:
-        return "image"
-    if ext in VIDEO_OUTPUTS:
-        return "video"
-    if ext == "":
-        return "folder"
-    known = ", ".join(sorted(IMAGE_OUTPUTS | set(VIDEO_OUTPUTS)))
-    raise UsageError(f"{output}: unsupported output type {ext!r} (use {known}, or a folder)")
+def resolve_compress_model(model: str | os.PathLike | Bundle, quality: int | None) -> Bundle:
+    """The bundle ``compress`` uses: ``model`` itself, or the one of ``quality`` in a folder of bundles."""
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 255):
+        raise UsageError(f"quality must be an integer in 0..255, got {quality!r}")
+    return _resolve_compress_model(model, quality)
+
+
+def decoder_for_stream(header: bitstream.StreamHeader, where: str, model: Any, models_dir: Any, **kw: Any) -> Decoder:
+    """The decoder a stream names: ``model`` (checked against the stream's id), else found under ``models_dir``."""
+    return _decoder_for(header, where, model, models_dir, **kw)
 
 
 def _decoder_for(header: bitstream.StreamHeader, where: str, model: Any, models_dir: Any, **kw: Any) -> Decoder:
@@ -645,206 +471,72 @@ def _decoder_for(header: bitstream.StreamHeader, where: str, model: Any, models_
     return Decoder(bundle, **kw)
 
 
-def _encode_image(ext: str, image: np.ndarray, where: Path) -> bytes:
-    ok, buf = cv2.imencode(ext, image)
-    if not ok:
-        raise UsageError(f"{where}: OpenCV cannot write {ext} images")
-    return buf.tobytes()
+def bits_per_pixel(record: FrameRecord) -> float:
+    """Bits per pixel of one record in a stream, its framing included."""
+    return 8.0 * (bitstream.RECORD_OVERHEAD + len(record.payload)) / (record.height * record.width)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+class CompressTask:
+    """The frame loop's compress task: ``process(frame) -> Outcome(record, event={bytes, bpp})``.
 
-
-@contextlib.contextmanager
-def _atomic_folder(target: Path) -> Iterator[Path]:
-    """A temp folder beside ``target``; renamed to ``target`` on success, removed on any error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its 0700 would become the output folder's mode; os.mkdir honours the umask.
-    while True:
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}"
-        try:
-            tmp.mkdir()
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield tmp
-        if target.is_dir():
-            target.rmdir()  # empty (checked before decoding); a file appearing meanwhile makes this fail
-        os.replace(tmp, target)
-        with contextlib.suppress(OSError):
-            fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def decompress(
-    stream_path: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    model: str | os.PathLike | Bundle | None = None,
-    models_dir: str | os.PathLike = "models",
-    precision: str = "fp32",
-    device: str = "cpu",
-    threads: int | None = None,
-    allow_fallback: bool = False,
-    frame: int | None = None,
-    fps: float = DEFAULT_FPS,
-    progress: bool = True,
-) -> dict:
-    """Decode a ``.eae`` file to an image (.png/.jpg/.bmp/.webp/.tif), a folder of ``frame_000000.png`` ..., or a
-    video (.mp4 mp4v, .avi MJPG, .mkv FFV1 lossless) at ``fps``.
-
-    The decoder: ``model`` (a bundle; a stream made by another model is a BadDataError (3) naming both ids; a
-    folder is searched like ``models_dir``), else the bundle under ``models_dir`` whose decoder id the stream names
-    (none: ModelRejectedError (4)).  ``frame=i`` decodes frame i alone.  The whole stream (every record's CRC,
-    also with ``frame``) is checked before any output exists, and the output appears only complete (a temp file
-    or folder, then a rename): a bad stream leaves nothing behind.  Output kinds and frame counts that do not fit
-    are UsageError (2).  Returns stats: frames, output, kind, per-stage milliseconds per frame.
+    With a ``decoder`` (``edgeae run`` on a codec bundle) the outcome also carries the decoded frame as its image,
+    annotated with the bits per pixel when ``annotate``.
     """
-    t_start = time.perf_counter()
-    video_size = None
-    out = Path(output)
-    kind = _output_kind(out)
-    if kind == "folder" and out.is_dir() and any(out.iterdir()):
-        raise UsageError(f"{out}: output folder exists and is not empty")
-    where = str(stream_path)
-    data = read_stream_file(stream_path)
-    header = read_header(data)
-    if frame is not None:
-        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
-            raise UsageError(f"frame must be an integer, got {frame!r}")
-        if not 0 <= frame < header.frame_count:
-            raise UsageError(f"{where}: frame {frame} out of range: the stream has {header.frame_count} frames")
-        indices = [int(frame)]
-    else:
-        indices = list(range(header.frame_count))
-    # Every record's CRC, even with frame=i: a damaged file is refused whole, before anything is decoded.
-    all_sizes = [_sizes(r) for r in iter_frames(data)]
-    records_sizes = [all_sizes[i] for i in indices]
-    if not indices:
-        raise BadDataError(f"{where}: the stream holds no frames; nothing to write")
-    if kind == "image" and len(indices) > 1:
-        raise UsageError(
-            f"{where}: {len(indices)} frames do not fit one image; write a folder or a video, or pick a frame"
-        )
-    if kind == "video" and len({s[:2] for s in records_sizes}) > 1:
-        raise UsageError(f"{where}: frames of different sizes cannot form a video; write a folder instead")
-    if kind == "video" and not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps <= 1000):
-        raise UsageError(f"fps must be a number in (0, 1000], got {fps!r}")
 
-    decoder = _decoder_for(
-        header, where, model, models_dir, precision=precision, device=device, threads=threads,
-        allow_fallback=allow_fallback,
-    )  # fmt: skip
-    check_model_id(header, decoder.model_id, where)
-    for i, (height, width, channels) in zip(indices, records_sizes, strict=True):  # before any output exists
-        try:
-            decoder._check_sides(height, width, "stream frame")
-            if channels != decoder.channels:
-                raise BadDataError(f"stream frame has {channels} channels, the model decodes {decoder.channels}")
-        except BadDataError as exc:
-            raise BadDataError(f"{where}: frame {i}: {exc}") from None
-    spent = {"entropy": 0.0, "inference": 0.0, "write": 0.0}
-    clock = StageClock()
-    bar = _Progress(progress, f"decompress {out.name}")
+    kind = "compress"
 
-    def frames() -> Iterator[tuple[int, np.ndarray]]:
-        records = iter_frames(data) if frame is None else (read_frame(data, i) for i in indices)
-        for i in indices:
-            t0 = time.perf_counter()
-            rec = next(records)
-            lat = decoder.latent(rec)
-            t1 = time.perf_counter()
-            image = decoder.reconstruct(lat, rec.height, rec.width)
-            t2 = time.perf_counter()
-            spent["entropy"] += t1 - t0
-            spent["inference"] += t2 - t1
-            clock.add("entropy", (t1 - t0) * 1000)
-            clock.add("inference", (t2 - t1) * 1000)
-            yield i, image
+    def __init__(self, encoder: Encoder, decoder: Decoder | None = None, annotate: bool = False):
+        self.enc, self.dec, self.annotate = encoder, decoder, annotate
+        self.pixels = 0
+        self.bits = 0.0
 
-    try:
-        if kind == "image":
-            [(_, image)] = list(frames())
-            t0 = time.perf_counter()
-            atomic_write_bytes(out, _encode_image(out.suffix.lower(), image, out))
-            spent["write"] += time.perf_counter() - t0
-        elif kind == "folder":
-            with _atomic_folder(out) as tmp:
-                for n, (i, image) in enumerate(frames(), 1):
-                    t0 = time.perf_counter()
-                    _write_synced(tmp / f"frame_{i:06d}.png", _encode_image(".png", image, out))
-                    spent["write"] += time.perf_counter() - t0
-                    bar.update(n, len(indices))
-        else:
-            video_size = _write_video(out, frames(), records_sizes[0][:2], float(fps), spent, bar, len(indices))
-    except OSError as exc:  # a full disk, a read-only folder: the temp output is already gone
-        raise BadDataError(f"{out}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        bar.done()
-    count = len(indices)
-    return {
-        "stream": where,
-        "output": str(out),
-        "kind": kind,
-        "frames": count,
-        "bytes_in": len(data),
-        "model": str(decoder.bundle.root),
-        "model_id": header.model_id.hex(),
-        "quality": header.quality,
-        "precision": precision,
-        "video_size": video_size,
-        "ms": {k: _ms(v, count) for k, v in spent.items()},
-        "ms_total": {k: round(1000.0 * v, 3) for k, v in spent.items()},
-        "stages": clock.summary(),
-        "seconds": round(time.perf_counter() - t_start, 3),
-    }
+    def process(self, frame: Any) -> Outcome:
+        image = self.enc.prepare(check_frame(frame.image, self.enc.max_side))
+        height, width = image.shape[:2]
+        latent = self.enc.latent(image)
+        t0 = time.perf_counter()
+        rec = self.enc.record(latent, height, width)
+        entropy_ms = (time.perf_counter() - t0) * 1000
+        bpp = bits_per_pixel(rec)
+        self.pixels += height * width
+        self.bits += bpp * height * width
+        out = Outcome(record=rec, event={"bytes": len(rec.payload), "bpp": round(bpp, 4)},
+                      stages={"entropy": entropy_ms})  # fmt: skip
+        if self.dec is not None:
+            decoded = self.dec.reconstruct(latent, height, width)
+            out.image = decoded
+            if self.annotate:
+                view = as_bgr_copy(decoded)
+                cv2.putText(view, f"{bpp:.3f} bpp", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2)
+                out.view = view
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"bpp_mean": round(self.bits / self.pixels, 5) if self.pixels else None,
+                "providers": list(self.enc.graph.providers)}  # fmt: skip
 
 
-def _sizes(rec: FrameRecord) -> tuple[int, int, int]:
-    return rec.height, rec.width, rec.channels
+class DecompressTask:
+    """The frame loop's decompress task: a record (``frame.record``) -> ``Outcome(image=decoded frame)``."""
+
+    kind = "decompress"
+
+    def __init__(self, decoder: Decoder):
+        self.dec = decoder
+
+    def process(self, frame: Any) -> Outcome:
+        t0 = time.perf_counter()
+        latent = self.dec.latent(frame.record)
+        entropy_ms = (time.perf_counter() - t0) * 1000
+        image = self.dec.reconstruct(latent, int(frame.record.height), int(frame.record.width))
+        return Outcome(image=image, stages={"entropy": entropy_ms})
+
+    def summary(self) -> dict[str, Any]:
+        return {"providers": list(self.dec.graph.providers)}
 
 
-def _write_video(
-    out: Path,
-    frames: Iterator[tuple[int, np.ndarray]],
-    size_hw: tuple[int, int],
-    fps: float,
-    spent: dict,
-    bar: _Progress,
-    total: int,
-) -> tuple[int, int]:
-    """Write BGR frames to a video; odd sides are padded to even by repeating the last row or column, because
-    FFmpeg's 4:2:0 encoders (all three here) would silently drop it.  -> (width, height) written."""
-    fourcc = VIDEO_OUTPUTS[out.suffix.lower()]
-    height, width = size_hw
-    pad_h, pad_w = height % 2, width % 2
-    with atomic_path(out) as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width + pad_w, height + pad_h))
-        try:
-            if not writer.isOpened():
-                raise UsageError(f"{out}: OpenCV cannot write {fourcc} video here; write a folder of PNGs instead")
-            for n, (_, image) in enumerate(frames, 1):
-                t0 = time.perf_counter()
-                if image.shape[2] == 1:
-                    image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-                if pad_h or pad_w:
-                    image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
-                writer.write(image)
-                spent["write"] += time.perf_counter() - t0
-                bar.update(n, total)
-        finally:
-            writer.release()
-        if tmp.stat().st_size == 0:
-            raise UsageError(f"{out}: OpenCV wrote an empty {fourcc} video")
-    return width + pad_w, height + pad_h
+def as_bgr_copy(frame: np.ndarray) -> np.ndarray:
+    """A writable (H, W, 3) BGR copy of a BGR or gray frame."""
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame.copy()
+    return cv2.cvtColor(frame.reshape(frame.shape[0], frame.shape[1]), cv2.COLOR_GRAY2BGR)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import BadDataError, ModelRejectedError
+from edge_runtime.errors import ModelRejectedError
 from edge_runtime.model import open_graph
-from edge_runtime.outputs import FolderSink, VideoSink, output_kind, write_image
-from edge_runtime.sources import open_source
-from edge_runtime.stats import StageClock
+from edge_runtime.task import Outcome, check_frame
+
+# Frames larger than a tile are denoised in tiles, so the graph's own max side does not bound the frame; this
+# does (the sources' cap on decoded images).
+MAX_SIDE = 16384
 
 
 def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
@@ -79,58 +81,18 @@ class Denoiser:
         return denoise_tiled(self._run, frame, self.tile, self.overlap, self.multiple)
 
 
-def denoise_source(model, input_spec, output, *, tile: int = 1024, precision: str = "fp32", device: str = "cpu",
-                   allow_fallback: bool = False, threads: int | None = None) -> dict:  # fmt: skip
-    """Denoise every frame of ``input_spec`` (image, folder, glob, video) into ``output`` (image, folder, video).
+class DenoiseTask:
+    """The frame loop's denoise task: ``process(frame) -> Outcome(image=denoised)``; any size (tiled)."""
 
-    Returns statistics; ``stats["error"]`` is set (and the outputs of the good frames are kept) when corrupt
-    images were skipped or a video ended early.
-    """
-    den = Denoiser(model, precision, device, threads, allow_fallback, tile)
-    kind = output_kind(output)
-    clock = StageClock()
-    t0 = time.perf_counter()
-    n = 0
-    with open_source(input_spec) as src:
-        sink = None
-        if kind == "video":
-            sink = VideoSink(output, fps=src.fps or 25.0)
-        elif kind == "folder":
-            sink = FolderSink(output)
-        try:
-            it = iter(src)
-            while True:
-                with clock.stage("capture"):
-                    frame = next(it, None)
-                if frame is None:
-                    break
-                with clock.stage("inference"):
-                    out = den.denoise(frame.image)
-                with clock.stage("output"):
-                    if kind == "image":
-                        if n > 0:
-                            raise BadDataError(f"{output}: an image output takes one frame; use a folder or video")
-                        write_image(output, out)
-                    elif isinstance(sink, FolderSink):
-                        sink.write(out, name=frame.name, index=frame.index)
-                    else:
-                        sink.write(out)
-                n += 1
-        except BaseException:
-            if sink is not None:
-                sink.abort()
-            raise
-        if sink is not None:
-            sink.close()
-        stats = src.stats
-    elapsed = time.perf_counter() - t0
-    result = {"frames_in": stats.frames_read, "frames_processed": n, "frames_bad": stats.frames_bad,
-              "fps": n / elapsed if elapsed > 0 else 0.0, "stages": clock.summary(), "output": str(output)}  # fmt: skip
-    if n == 0:
-        raise BadDataError(f"{input_spec}: no frame could be read")
-    if stats.frames_bad:
-        result["error"] = (f"{input_spec}: {stats.frames_bad} input(s) could not be read "
-                           f"({', '.join(stats.bad_files[:3])}); the other {n} were written to {output}")  # fmt: skip
-    elif stats.truncated:
-        result["error"] = f"{input_spec}: video ended early after {n} good frames; they were written to {output}"
-    return result
+    kind = "denoise"
+
+    def __init__(self, denoiser: Denoiser, max_side: int = MAX_SIDE):
+        self.den = denoiser
+        self.max_side = max_side
+
+    def process(self, frame: Any) -> Outcome:
+        image = check_frame(frame.image, self.max_side)
+        return Outcome(image=self.den.denoise(image))
+
+    def summary(self) -> dict[str, Any]:
+        return {"providers": list(self.den.graph.providers)}

@@ -22,7 +22,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix, dir=target.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the mode a plain open() would give
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; outputs get the mode a plain open() would give
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -36,7 +36,8 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read without changing it for longer than one call)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -1,226 +1,278 @@
-"""`edgeae run`: the live loop. Frames from a source -> the model's task -> window, MJPEG view, recording, events.
+"""The one frame loop: source -> task -> sinks. Every command (``denoise``, ``score``, ``compress``, ``decompress``,
+``embed``, ``run``) is a call of :func:`run_loop` (:mod:`edge_runtime.commands` builds the parts).
 
-The source does the capturing in its own thread (newest frame wins on live sources; a bounded queue on files),
-so capture overlaps inference; this loop only runs the model and the outputs. Every output is finalised on the
-way out - normal end, Ctrl-C, or a lost source - so nothing already processed is lost.
+What a frame's trouble does is decided here and nowhere else:
+
+- a frame the task cannot take (:class:`~edge_runtime.errors.FrameError`: over the size cap, NaN/Inf outputs) is
+  counted, written to the events as an ``error`` line, and skipped: one frame never ends a run;
+- Ctrl-C, SIGTERM and SIGHUP end the run like its end: every sink is closed (finalised), the stats are kept,
+  and the caller exits 130 / 143 / 129;
+- a lost live source (:class:`~edge_runtime.errors.SourceLostError`) also finalises every sink, then exit 5;
+- any other error (a write that failed, an option that does not fit) aborts every sink: no output is replaced.
+
+The loop itself only runs the task and hands the outcome's fields to the sinks that asked for them (a
+:class:`Route`); sinks never see a task. The source captures in its own thread, so capture overlaps inference.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
+import signal
+import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-import cv2
-import numpy as np
-
-from edge_runtime.errors import SourceLostError, UsageError
-from edge_runtime.io import atomic_path
-from edge_runtime.model import load_bundle
-from edge_runtime.outputs import VideoSink
-from edge_runtime.sources import open_source
+from edge_runtime.errors import EdgeAEError, FrameError, SourceLostError, Stopped, stop_exit_code
+from edge_runtime.outputs import now_wall
+from edge_runtime.progress import Progress
 from edge_runtime.stats import StageClock
+from edge_runtime.task import EVENTS_VERSION, Outcome, Task
+
+MAX_REASONS = 5  # skipped frames named in the summary; the rest are counted
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    model: str
-    source: str
-    show: bool = False
-    serve: str | None = None
-    token: str | None = None
-    insecure: bool = False
-    record: str | None = None
-    events: str | None = None
-    max_frames: int | None = None
-    open_timeout: float = 5.0
-    read_timeout: float = 5.0
-    reconnects: int = 5
-    precision: str = "fp32"
-    device: str = "cpu"
-    allow_fallback: bool = False
-    threads: int | None = None
-    annotate: bool = True
+@dataclass
+class Route:
+    """Send ``Outcome.<field>`` (``image``, ``view``, ``event``, ``record``, ``vector``) to ``sink``.
 
-
-def gui_available() -> bool:
-    """True when this OpenCV build has a GUI backend (opencv-python-headless has none)."""
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GUI:"):
-            return "NONE" not in line.upper()
-    return False
-
-
-def parse_host_port(spec: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", spec
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        p = int(port)
-    except ValueError:
-        raise UsageError(f"--serve {spec}: expected HOST:PORT or PORT") from None
-    if not 0 <= p <= 65535:
-        raise UsageError(f"--serve {spec}: port out of range")
-    return host, p
-
-
-class _Task:
-    """Adapter: ``process(frame) -> (annotated BGR frame, event dict or None)``."""
-
-    def __init__(self, opts: RunOptions, task: str):
-        kw = dict(precision=opts.precision, device=opts.device, threads=opts.threads,
-                  allow_fallback=opts.allow_fallback)  # fmt: skip
-        self.task = task
-        if task == "denoise":
-            from edge_runtime.denoise import Denoiser
-
-            self.den = Denoiser(opts.model, **kw)
-        elif task == "anomaly":
-            from edge_runtime.anomaly import AnomalyScorer, Hysteresis
-
-            self.scorer = AnomalyScorer(opts.model, **kw)
-            self.hyst = Hysteresis()
-        elif task == "compress":
-            from edge_runtime.codec import Decoder, Encoder
-
-            self.enc = Encoder(opts.model, **kw)
-            self.dec = Decoder(opts.model, **kw)
-        else:  # pragma: no cover - load_bundle only accepts known tasks
-            raise UsageError(f"{opts.model}: task {task!r} cannot run live")
-        self.annotate = opts.annotate
-
-    def providers(self) -> list[str]:
-        runner = getattr(self, "den", None) or getattr(self, "scorer", None) or getattr(self, "enc", None)
-        graph = getattr(runner, "graph", None)
-        return list(graph.providers) if graph is not None else []
-
-    def infer(self, frame: np.ndarray):
-        if self.task == "denoise":
-            return self.den.denoise(frame)
-        if self.task == "anomaly":
-            return self.scorer.score(frame)
-        rec = self.enc.encode(frame)
-        return rec, self.dec.decode(rec)
-
-    def post(self, frame: np.ndarray, result, index: int, ts: float) -> tuple[np.ndarray, dict | None]:
-        if self.task == "denoise":
-            return result, None
-        if self.task == "anomaly":
-            from edge_runtime.anomaly import overlay
-
-            smoothed, alarm, event = self.hyst.update(result.score, self.scorer.threshold)
-            ev = {"frame": index, "time": round(ts, 4), "score": round(float(result.score), 4),
-                  "smoothed": round(float(smoothed), 4), "above_threshold": bool(result.above),
-                  "alarm": bool(alarm), "event": event,
-                  "bbox": list(map(int, result.bbox)) if result.bbox is not None else None}  # fmt: skip
-            img = overlay(frame, result.map, self.scorer.threshold) if self.annotate else frame
-            return img, ev
-        rec, decoded = result
-        bpp = 8 * len(rec.payload) / (rec.height * rec.width)
-        if self.annotate:
-            decoded = (
-                decoded.copy()
-                if decoded.ndim == 3 and decoded.shape[2] == 3
-                else cv2.cvtColor(decoded.reshape(decoded.shape[0], decoded.shape[1]), cv2.COLOR_GRAY2BGR)
-            )
-            cv2.putText(decoded, f"{bpp:.3f} bpp", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2)
-        return decoded, {"frame": index, "time": round(ts, 4), "bytes": len(rec.payload), "bpp": round(bpp, 4)}
-
-
-def run_pipeline(opts: RunOptions, on_frame=None) -> dict:
-    """Run the live loop until the source ends, ``max_frames``, Ctrl-C or a lost source; returns statistics.
-
-    ``stats["interrupted"]`` is True after Ctrl-C (the CLI exits 130); a lost source re-raises SourceLostError
-    (exit 5) after the outputs are finalised. ``on_frame(n)`` is called after each processed frame (benchmarks use
-    it to sample memory).
+    The ``event`` field routes whole event lines (``start``, ``frame``, ``alarm``, ``error``, ``end``).
     """
-    if opts.show and not gui_available():
-        raise UsageError("--show: this OpenCV build has no GUI support (opencv-python-headless); use --serve")
-    bundle = load_bundle(opts.model)
-    task = _Task(opts, bundle.task)
-    server = None
-    if opts.serve:
-        from edge_runtime.serve import ViewServer
 
-        host, port = parse_host_port(opts.serve)
-        server = ViewServer(host, port, token=opts.token, insecure=opts.insecure)
-        server.start()
-    clock = StageClock()
-    recorder: VideoSink | None = None
-    events_ctx = events_tmp = events_fh = None
-    n = 0
-    interrupted = False
+    sink: Any
+    field: str
+    stage: str = "output"
+
+
+@dataclass
+class LoopResult:
+    frames: int = 0  # frames processed (outcomes produced)
+    skipped: int = 0  # frames the task refused (FrameError)
+    reasons: list[str] = field(default_factory=list)
+    exit_code: int | None = None  # 130/143/129 when interrupted, else None
     lost: SourceLostError | None = None
+    elapsed_s: float = 0.0
+    clock: StageClock = field(default_factory=StageClock)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.exit_code is not None
+
+    def fps(self) -> float:
+        return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def _event_base(kind: str, frame: Any) -> dict[str, Any]:
+    line: dict[str, Any] = {"v": EVENTS_VERSION, "type": kind, "frame": int(frame.index),
+                            "time": round(float(frame.timestamp), 4), "wall": now_wall()}  # fmt: skip
+    if getattr(frame, "name", ""):
+        line["name"] = frame.name
+    return line
+
+
+class _Events:
+    """The event lines of one run, to every sink routed ``event``."""
+
+    def __init__(self, routes: list[Route]):
+        self.sinks = [r.sink for r in routes if r.field == "event"]
+
+    def emit(self, line: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(line)
+
+
+def _deliver(outcome: Outcome, frame: Any, routes: list[Route], events: _Events, clock: StageClock) -> None:
+    with clock.stage("output"):
+        if outcome.event is not None:
+            events.emit({**_event_base("frame", frame), **outcome.event})
+        for extra in outcome.extra:
+            events.emit({**_event_base(extra.get("type", "frame"), frame), **extra})
+        for route in routes:
+            if route.field == "event":
+                continue
+            value = outcome.get(route.field)
+            if value is not None:
+                route.sink.write(value, int(frame.index), getattr(frame, "name", ""))
+
+
+def _iterate(source: Any, task: Task, routes: list[Route], res: LoopResult, events: _Events,
+             max_frames: int | None, progress: Progress | None,
+             on_frame: Callable[[int], None] | None) -> None:  # fmt: skip
+    clock = res.clock
+    it = iter(source)
+    while max_frames is None or res.frames < max_frames:
+        t0 = time.perf_counter()
+        frame = next(it, None)
+        clock.add("capture", (time.perf_counter() - t0) * 1000)
+        if frame is None:
+            break
+        try:
+            t1 = time.perf_counter()
+            outcome = task.process(frame)
+            _add_stages(clock, (time.perf_counter() - t1) * 1000, outcome.stages)
+        except FrameError as exc:
+            res.skipped += 1
+            if len(res.reasons) < MAX_REASONS:
+                res.reasons.append(f"{getattr(frame, 'name', '') or f'frame {frame.index}'}: {exc}")
+            events.emit({**_event_base("error", frame), "reason": str(exc)})
+            continue
+        with _deferring_stops():
+            _deliver(outcome, frame, routes, events, clock)
+            res.frames += 1
+        if progress is not None:
+            progress.update(res.frames)
+        if on_frame is not None:
+            on_frame(res.frames)
+
+
+def _add_stages(clock: StageClock, total_ms: float, parts: dict[str, float]) -> None:
+    """``inference`` is the task's time less the parts it timed itself (entropy coding, post-processing)."""
+    for name, ms in parts.items():
+        clock.add(name, ms)
+    clock.add("inference", max(0.0, total_ms - sum(parts.values())))
+
+
+def _close_all(routes: list[Route]) -> None:
+    """Close every sink (each finalises its output); the first failure is raised after all were tried."""
+    first: BaseException | None = None
+    for route in routes:
+        try:
+            route.sink.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below once every sink had its chance
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _abort_all(routes: list[Route]) -> None:
+    for route in routes:
+        with contextlib.suppress(Exception):
+            route.sink.abort()
+
+
+def run_loop(source: Any, task: Task, routes: list[Route], *, start: dict[str, Any] | None = None,
+             max_frames: int | None = None, progress: Progress | None = None,
+             on_frame: Callable[[int], None] | None = None, keep_on_stop: bool = True) -> LoopResult:  # fmt: skip
+    """Run ``task`` on every frame of ``source`` into ``routes`` until the source ends, ``max_frames``, a stop
+    signal or a lost source. Closes the source; closes (finalises) or, on an error, aborts every sink.
+
+    ``start``: fields of the run's ``start`` event line (model, task, source). Returns the counts; a lost source
+    is in ``result.lost`` (the caller raises it after reporting), an interruption in ``result.exit_code``.
+    ``keep_on_stop``: on Ctrl-C/SIGTERM/SIGHUP, finalise the outputs (``edgeae run``: the recording so far) and
+    return; False: abort them (file commands: the previous output stays as it was, RELIABILITY 17) and re-raise
+    the interruption. Events are kept either way: they describe frames that were processed.
+    """
+    res = LoopResult()
+    events = _Events(routes)
     t_start = time.perf_counter()
-    src = open_source(opts.source, open_timeout=opts.open_timeout, read_timeout=opts.read_timeout,
-                      stale_after=max(opts.read_timeout, 1.0), max_reconnects=opts.reconnects)  # fmt: skip
+    stop: KeyboardInterrupt | None = None
     try:
-        if opts.record:
-            recorder = VideoSink(opts.record, fps=src.fps or 25.0)
-        if opts.events:
-            events_ctx = atomic_path(opts.events)
-            events_tmp = events_ctx.__enter__()
-            events_fh = open(events_tmp, "w")
-        it = iter(src)
-        while opts.max_frames is None or n < opts.max_frames:
-            t0 = time.perf_counter()
-            frame = next(it, None)
-            clock.add("capture", (time.perf_counter() - t0) * 1000)
-            if frame is None:
-                break
-            with clock.stage("inference"):
-                result = task.infer(frame.image)
-            with clock.stage("postprocess"):
-                annotated, event = task.post(frame.image, result, frame.index, frame.timestamp)
-            with clock.stage("output"):
-                if recorder is not None:
-                    recorder.write(annotated)
-                if server is not None:
-                    server.publish(annotated)
-                if events_fh is not None and event is not None:
-                    events_fh.write(json.dumps(event) + "\n")
-                if opts.show:
-                    cv2.imshow("edgeae", annotated)
-                    if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                        break
-            n += 1
-            if on_frame is not None:
-                on_frame(n)
-    except KeyboardInterrupt:
-        interrupted = True
-    except SourceLostError as exc:
-        lost = exc
+        with stop_signals():
+            events.emit({"v": EVENTS_VERSION, "type": "start", "wall": now_wall(), **(start or {})})
+            try:
+                _iterate(source, task, routes, res, events, max_frames, progress, on_frame)
+            except KeyboardInterrupt as exc:
+                res.exit_code, stop = stop_exit_code(exc), exc
+            except SourceLostError as exc:
+                res.lost = exc
+            res.elapsed_s = time.perf_counter() - t_start
+            status = "source lost" if res.lost else "interrupted" if res.interrupted else "ok"
+            with _ignoring_stops():
+                events.emit({"v": EVENTS_VERSION, "type": "end", "wall": now_wall(), "status": status,
+                             "frames": res.frames, "skipped": res.skipped})  # fmt: skip
+                if stop is not None and not keep_on_stop:
+                    raise stop
+                _close_all(routes)
+    except BaseException:
+        _abort_all(routes)
+        raise
     finally:
-        src.close()
-        if recorder is not None:
-            recorder.close()
-        if events_fh is not None:
-            events_fh.flush()
-            os.fsync(events_fh.fileno())
-            events_fh.close()
-            events_ctx.__exit__(None, None, None)
-        if server is not None:
-            server.stop()
-        if opts.show:
-            cv2.destroyAllWindows()
-    elapsed = time.perf_counter() - t_start
-    s = src.stats
-    stats = {
-        "model": str(opts.model), "task": bundle.task, "source": src.description,
-        "frames_in": s.frames_read, "frames_processed": n, "frames_dropped": s.frames_dropped,
-        "frames_bad": s.frames_bad, "reconnects": s.reconnects, "fps": n / elapsed if elapsed > 0 else 0.0,
-        "elapsed_s": elapsed, "stages": clock.summary(), "interrupted": interrupted,
-        "providers": task.providers(),
-    }  # fmt: skip
-    if opts.record:
-        stats["record"] = str(Path(opts.record))
-    if lost is not None:
-        raise lost
-    if s.frames_bad:
-        stats["error"] = f"{opts.source}: {s.frames_bad} input(s) could not be read ({', '.join(s.bad_files[:3])})"
-    elif s.truncated:
-        stats["error"] = f"{opts.source}: video ended early after {s.frames_read} good frames"
-    return stats
+        source.close()
+        if progress is not None:
+            progress.finish()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stop signals: SIGTERM and SIGHUP end a run like Ctrl-C.
+
+_stopping = threading.local()
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    if getattr(_stopping, "ignore", False) or getattr(_stopping, "raised", False):
+        return  # finalising already: a second `systemctl stop` must not cut that short
+    if getattr(_stopping, "defer", False):
+        _stopping.pending = signum  # raised when the frame being delivered is complete
+        return
+    _stopping.raised = True
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _deferring_stops():
+    """A frame's outputs are delivered whole: a stop signal during delivery takes effect right after it, so the
+    events, the recording and the counts agree on which frames were processed."""
+    _stopping.defer, _stopping.pending = True, None
+    try:
+        yield
+    finally:
+        _stopping.defer = False
+    pending = _stopping.pending
+    if pending is not None:
+        _stopping.pending = None
+        _stopping.raised = True
+        raise Stopped(pending)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGINT/SIGTERM/SIGHUP raise :class:`~edge_runtime.errors.Stopped` (a KeyboardInterrupt) in the main thread while
+    the block runs; the previous handlers come back after. Outside the main thread: a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stopping.raised = False
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, _raise_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _ignoring_stops():
+    old = getattr(_stopping, "ignore", False)
+    _stopping.ignore = True
+    try:
+        yield
+    finally:
+        _stopping.ignore = old
+
+
+def skipped_summary(res: LoopResult, source_stats: Any, where: str) -> str | None:
+    """The one rule for what ends a file run with exit 3: frames that could not be read or were refused, or a
+    video that really was truncated. None when every frame was processed."""
+    problems = []
+    bad = getattr(source_stats, "frames_bad", 0)
+    if bad:
+        names = list(getattr(source_stats, "bad_files", []))[:3]
+        problems.append(f"{bad} input(s) could not be read" + (f" ({', '.join(names)})" if names else ""))
+    if res.skipped:
+        more = f" and {res.skipped - len(res.reasons)} more" if res.skipped > len(res.reasons) else ""
+        problems.append(f"{res.skipped} frame(s) skipped: {'; '.join(res.reasons[:3])}{more}")
+    if getattr(source_stats, "truncated", False):
+        last = getattr(source_stats, "last_error", "") or "data missing before the end of the file"
+        problems.append(f"the video is truncated ({last})")
+    if not problems:
+        return None
+    done = f"{res.frames} frame(s) processed and written" if res.frames else "nothing written"
+    return f"{where}: " + "; ".join(problems) + f"; {done}"
+
+
+class RunError(EdgeAEError):
+    """A run that finished its outputs but must report a problem (exit code of the problem)."""

@@ -24,8 +24,8 @@ from edge_runtime.anomaly import (
     LocationStats,
     calibrate,
     overlay,
-    score_source,
 )
+from edge_runtime.commands import score_source
 from edge_runtime.errors import BadDataError, ModelRejectedError
 from edge_runtime.model import load_bundle
 from edge_runtime.session import NonFiniteOutput
@@ -365,18 +365,25 @@ def test_score_source_skips_a_corrupt_image_and_writes_the_rest(calibrated, tmp_
         assert {"frame", "time", "score", "smoothed", "above_threshold", "alarm", "bbox", "threshold"} <= set(e)
     assert [e["above_threshold"] for e in frame_lines] == [False, False, True, False]
     assert frame_lines[2]["bbox"] is not None and iou(tuple(frame_lines[2]["bbox"]), SQUARE) > 0.5
-    assert not any(e["alarm"] for e in frame_lines)  # one anomalous frame is not an alarm
+    # A folder of images: each image's alarm is its own (no smoothing across unrelated images).
+    assert [e["alarm"] for e in frame_lines] == [False, False, True, False]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
 def test_score_source_alarm_events_and_video_output(calibrated, tmp_path):
     root, _ = calibrated
     frames = normal_frames(3, seed=12) + [with_square(f) for f in normal_frames(4, seed=13)] + normal_frames(4)
-    write_folder(tmp_path / "in", frames)
+    clip = tmp_path / "in.mkv"  # a stream: alarms are smoothed with hysteresis
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"FFV1"), 10, (W, H))
+    for f in frames:
+        writer.write(f)
+    writer.release()
     video, events = tmp_path / "out.avi", tmp_path / "ev.jsonl"
-    stats = score_source(root, str(tmp_path / "in"), str(video), events_path=str(events))
+    stats = score_source(root, str(clip), str(video), events_path=str(events))
     assert stats["frames"] == 11 and stats["alarms"] == 1 and stats["anomalous_frames"] == 4
     lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["type"] for e in lines][0] == "start" and lines[-1]["type"] == "end" and lines[-1]["frames"] == 11
+    assert all(e["v"] == 1 for e in lines)
     assert len([e for e in lines if e["type"] == "frame"]) == 11
     alarm_events = [(e["event"], e["frame"]) for e in lines if e["type"] == "alarm"]
     assert alarm_events == [("start", 4), ("end", 9)]
@@ -385,12 +392,28 @@ def test_score_source_alarm_events_and_video_output(calibrated, tmp_path):
     cap.release()
 
 
+def test_a_folder_of_images_is_scored_image_by_image(calibrated, tmp_path):
+    """No smoothing across unrelated images: each image's alarm is its own score against the threshold."""
+    root, _ = calibrated
+    frames = normal_frames(3, seed=12) + [with_square(normal_frames(1, seed=13)[0])] + normal_frames(3)
+    write_folder(tmp_path / "in", frames)
+    events = tmp_path / "ev.jsonl"
+    stats = score_source(root, str(tmp_path / "in"), events_path=str(events))
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    frame_lines = [e for e in lines if e["type"] == "frame"]
+    assert [e["alarm"] for e in frame_lines] == [False, False, False, True, False, False, False]
+    assert all(e["smoothed"] == e["score"] for e in frame_lines)
+    assert stats["alarms"] == 1 and not [e for e in lines if e["type"] == "alarm"]
+
+
 def test_score_source_flags_nan_frames(anomaly_bundle, tmp_path):
     root = anomaly_bundle(gain=float("nan"))
     write_folder(tmp_path / "in", normal_frames(2))
     events = tmp_path / "ev.jsonl"
-    with pytest.raises(BadDataError, match=r"2 frame\(s\) gave NaN/Inf outputs") as err:
+    with pytest.raises(BadDataError, match=r"2 frame\(s\) skipped: .*NaN or Inf") as err:
         score_source(root, str(tmp_path / "in"), events_path=str(events))
     assert err.value.stats["frames_error"] == 2 and err.value.stats["frames"] == 0
     lines = [json.loads(line) for line in events.read_text().splitlines()]
-    assert len(lines) == 2 and all(e["score"] is None and "NaN" in e["error"] for e in lines)
+    errors_ = [e for e in lines if e["type"] == "error"]
+    assert len(errors_) == 2 and all("NaN" in e["reason"] for e in errors_)
+    assert not [e for e in lines if e["type"] == "frame"]

@@ -80,7 +80,7 @@ def test_ctrl_c_is_exit_130(make_bundle, tmp_path, monkeypatch):
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("edge_runtime.denoise.denoise_source", interrupt)
+    monkeypatch.setattr("edge_runtime.commands.denoise_source", interrupt)
     res = CliRunner().invoke(cli, ["denoise", str(bundle), str(img), "-o", str(tmp_path / "o.png")])
     assert res.exit_code == errors.INTERRUPTED
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import struct
 import tracemalloc
 import zlib
@@ -22,7 +23,8 @@ import pytest
 
 from edge_runtime import bitstream, codec
 from edge_runtime.bitstream import FrameRecord, pack_stream, read_header, unpack_stream
-from edge_runtime.codec import Decoder, Encoder, compress, decode_stream, decompress, encode_stream
+from edge_runtime.codec import Decoder, Encoder, decode_stream, encode_stream
+from edge_runtime.commands import compress, decompress
 from edge_runtime.entropy import decode_latents, tables_from_pmf, tables_to_json
 from edge_runtime.errors import BAD_DATA, MODEL_REJECTED, USAGE, BadDataError, ModelRejectedError, UsageError
 
@@ -398,7 +400,7 @@ def test_compress_and_decompress_an_image(bundle, tmp_path):
     data = (tmp_path / "out" / "x.eae").read_bytes()
     assert stats["frames"] == 1 and stats["bytes"] == len(data) and stats["quality"] == 2
     assert stats["bpp"] == pytest.approx(8 * len(data) / (50 * 70), rel=1e-4)
-    assert set(stats["ms"]) == {"read", "inference", "entropy", "write"} and stats["frames_bad"] == 0
+    assert set(stats["ms"]) == {"capture", "inference", "entropy", "output"} and stats["frames_bad"] == 0
     want = expected_frame(expected_latent(img), 50, 70)
 
     d = decompress(tmp_path / "out" / "x.eae", tmp_path / "back.png", model=bundle, threads=1, progress=False)
@@ -453,7 +455,7 @@ def test_folder_with_a_corrupt_image(bundle, tmp_path):
         write_png(folder / name, img)
     (folder / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     out = tmp_path / "imgs.eae"
-    with pytest.raises(BadDataError, match=r"1 of 4 images could not be read: 3\.png.*compressed to") as err:
+    with pytest.raises(BadDataError, match=r"1 input\(s\) could not be read \(3\.png\); 3 frame\(s\) processed") as err:
         compress(bundle, folder, out, threads=1, progress=False)
     assert err.value.exit_code == BAD_DATA
     header, records = unpack_stream(out.read_bytes())  # complete, with the good frames in order
@@ -477,9 +479,9 @@ def test_truncated_video_keeps_the_good_frames(bundle, tmp_path):
     frames = write_video(tmp_path / "full.avi", [sample_image(32, 48, seed=i) for i in range(20)], "MJPG")
     data = (tmp_path / "full.avi").read_bytes()
     (tmp_path / "cut.avi").write_bytes(data[: int(len(data) * 0.7)])
-    with pytest.raises(BadDataError, match=r"video truncated \(.*\); the \d+ good frames were compressed") as err:
+    with pytest.raises(BadDataError, match=r"video is truncated \(.*\); \d+ frame\(s\) processed and written") as err:
         compress(bundle, tmp_path / "cut.avi", tmp_path / "cut.eae", threads=1, progress=False)
-    count = int(str(err.value).split("; the ")[-1].split()[0])
+    count = int(str(err.value).split("; ")[-1].split()[0])
     assert err.value.exit_code == BAD_DATA and err.value.stats["frames"] == count and err.value.stats["truncated"]
     assert 1 <= count < 20
     header, records = unpack_stream((tmp_path / "cut.eae").read_bytes())
@@ -681,20 +683,30 @@ def test_decompress_usage_errors(bundle, tmp_path, small_stream):
     cases = [
         (dict(output=tmp_path / "x.png"), "2 frames do not fit one image"),
         (dict(output=tmp_path / "x.png", frame=2), "frame 2 out of range"),
-        (dict(output=tmp_path / "x.txt"), "unsupported output type"),
+        (dict(output=tmp_path / "x.txt"), "unknown output extension"),
     ]
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    cases.append((dict(output=tmp_path / "full"), "not empty"))
     for kw, message in cases:
         with pytest.raises(UsageError, match=message) as err:
             decompress(tmp_path / "s.eae", model=bundle, progress=False, **kw)
         assert err.value.exit_code == USAGE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "full", "s.eae"]
     assert listing(tmp_path / "full") == ["keep.txt"]
+    # An existing folder gets the frames beside what it holds, on success only.
+    assert decompress(tmp_path / "s.eae", tmp_path / "full", model=bundle, progress=False)["frames"] == 2
+    assert listing(tmp_path / "full") == ["frame_000000.png", "frame_000001.png", "keep.txt"]
     (tmp_path / "empty").mkdir()  # an existing empty folder is fine
     assert decompress(tmp_path / "s.eae", tmp_path / "empty", model=bundle, progress=False)["frames"] == 2
     assert listing(tmp_path / "empty") == ["frame_000000.png", "frame_000001.png"]
+
+
+def test_decompress_refuses_to_write_over_its_stream(bundle, tmp_path, small_stream):
+    (tmp_path / "s.eae").write_bytes(small_stream)
+    os.link(tmp_path / "s.eae", tmp_path / "same.png")  # another name, the same file
+    with pytest.raises(UsageError, match="is the input"):
+        decompress(tmp_path / "s.eae", tmp_path / "same.png", model=bundle, frame=0, progress=False)
+    assert (tmp_path / "s.eae").read_bytes() == small_stream
 
 
 def test_mixed_sizes_cannot_form_a_video(pair, bundle, tmp_path):
@@ -722,7 +734,7 @@ def test_frames_the_model_refuses_are_counted_and_skipped(bundle, tmp_path):
     write_png(folder / "1.png", sample_image(32, 32))
     write_png(folder / "2.png", np.zeros((1, 8200), np.uint8))  # over the model's max_side of 8192
     write_png(folder / "3.png", sample_image(16, 48))
-    with pytest.raises(BadDataError, match=r"1 of 3 frames refused by the model: 2\.png .*8192") as err:
+    with pytest.raises(BadDataError, match=r"1 frame\(s\) skipped: 2\.png: .*8192") as err:
         compress(bundle, folder, tmp_path / "o.eae", progress=False)
     assert err.value.stats["frames"] == 2 and err.value.stats["frames_bad"] == 1
     assert read_header((tmp_path / "o.eae").read_bytes()).frame_count == 2

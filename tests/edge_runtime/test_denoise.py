@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from edge_runtime import errors
 from edge_runtime.cli import cli
-from edge_runtime.denoise import Denoiser, denoise_source, denoise_tiled, tile_starts
+from edge_runtime.commands import denoise_source
+from edge_runtime.denoise import Denoiser, denoise_tiled, tile_starts
 
 
 def _blur(tile: np.ndarray) -> np.ndarray:
@@ -96,7 +97,9 @@ def test_an_image_output_refuses_several_frames_and_leaves_nothing(make_bundle, 
     src.mkdir()
     for i in range(2):
         cv2.imwrite(str(src / f"{i}.png"), _texture(32, 32, seed=i))
-    with pytest.raises(errors.BadDataError, match="one frame"):
+    (tmp_path / "o.png").write_bytes(b"previous")
+    with pytest.raises(errors.UsageError, match="one frame"):
         denoise_source(make_bundle(("denoise",)), str(src), str(tmp_path / "o.png"))
-    # The first frame was written atomically before the second was refused; no temp file remains.
+    # Nothing replaced: the image is written on success only; no temp file remains.
+    assert (tmp_path / "o.png").read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

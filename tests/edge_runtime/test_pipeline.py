@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from edge_runtime import errors
 from edge_runtime.cli import cli
-from edge_runtime.pipeline import RunOptions, gui_available, parse_host_port, run_pipeline
+from edge_runtime.commands import RunOptions, gui_available, parse_host_port, run_pipeline
 
 
 @pytest.fixture
@@ -38,25 +38,25 @@ def test_run_processes_every_file_frame_and_reports_stages(make_bundle, video, t
     rec = tmp_path / "rec.avi"
     stats = run_pipeline(RunOptions(model=str(make_bundle(("denoise",))), source=str(video), record=str(rec)))
     assert stats["frames_processed"] == 12 and stats["frames_dropped"] == 0
-    for stage in ("capture", "inference", "postprocess", "output"):
+    for stage in ("capture", "inference", "output"):
         assert stats["stages"][stage]["n"] == 12 or (stage == "capture" and stats["stages"][stage]["n"] == 13)
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(stats["stages"][stage])
     assert _count(rec) == 12 and stats["fps"] > 0
 
 
 def test_ctrl_c_flushes_the_recording_and_exits_130(make_bundle, video, tmp_path, monkeypatch):
-    from edge_runtime import pipeline
+    from edge_runtime.denoise import DenoiseTask
 
     calls = {"n": 0}
-    real = pipeline._Task.infer
+    real = DenoiseTask.process
 
-    def infer(self, frame):
+    def process(self, frame):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
         return real(self, frame)
 
-    monkeypatch.setattr(pipeline._Task, "infer", infer)
+    monkeypatch.setattr(DenoiseTask, "process", process)
     rec = tmp_path / "rec.avi"
     stats_path = tmp_path / "stats.json"
     res = CliRunner().invoke(cli, ["run", str(make_bundle(("denoise",))), "--source", str(video), "--record",
