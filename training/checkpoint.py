@@ -20,6 +20,10 @@ MODEL_CONFIGS = {"denoise": DenoiseConfig, "compress": CompressConfig, "anomaly"
 def build_model(task: str, model_cfg: dict) -> torch.nn.Module:
     if task not in MODEL_CONFIGS:
         raise ValueError(f"unknown task {task!r}")
+    if task == "compress" and model_cfg.get("arch") == "hyper":
+        from training.hyper_codec import HyperCodec, HyperConfig
+
+        return HyperCodec(HyperConfig.from_dict(model_cfg))
     cfg = MODEL_CONFIGS[task](**{k: v for k, v in model_cfg.items() if k != "task"})
     if task == "denoise":
         return DenoiseUNet(cfg)

@@ -18,7 +18,7 @@ import click
 from edge_runtime.errors import EdgeAEError, UsageError
 
 # Options that define the model: a resumed run must keep them (its checkpoint would not load otherwise).
-MODEL_OPTIONS = ("task", "channels", "width", "quality")
+MODEL_OPTIONS = ("task", "channels", "width", "quality", "arch")
 
 HELP = """Train a convolutional autoencoder for denoising, learned compression or anomaly scoring.
 
@@ -157,6 +157,13 @@ def _resume_options(out: Path, given: dict) -> dict:
     default=2,
     show_default=True,
     help="compress: rate-distortion trade-off, 1 (smallest files) to 5 (best quality).",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["factorized", "hyper"]),
+    default="factorized",
+    show_default=True,
+    help="compress: factorized prior, or hyper (integer hyperprior, one variable-rate model; --quality unused).",
 )
 @click.option(
     "--channels",

@@ -58,6 +58,7 @@ class TrainConfig:
     val_images: int = 16
     threads: int | None = None  # torch intra-op threads (None: PyTorch's default)
     init: str | None = None  # safetensors weights to start from (fine-tuning); not a resume
+    arch: str = "factorized"  # compress: "factorized" (compress_model) or "hyper" (hyper_codec, variable rate)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -70,6 +71,8 @@ class TrainConfig:
             raise UsageError("--collapse must be warn, stop or off")
         if self.minutes is not None and self.minutes <= 0:
             raise UsageError("--minutes must be positive")
+        if self.arch not in ("factorized", "hyper") or (self.arch == "hyper" and self.task != "compress"):
+            raise UsageError(f"--arch must be factorized, or hyper with --task compress, got {self.arch!r}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -306,7 +309,12 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
 
     ds = load_dataset(cfg.data, cfg.channels)
     train_ds, val_ds = split(ds)
-    task = TASK_CLASSES[cfg.task](cfg, device, val_ds.images[: cfg.val_images])
+    if cfg.arch == "hyper":
+        from training.hyper_codec import HyperCompressTask
+
+        task = HyperCompressTask(cfg, device, val_ds.images[: cfg.val_images])
+    else:
+        task = TASK_CLASSES[cfg.task](cfg, device, val_ds.images[: cfg.val_images])
     sampler = PatchSampler(train_ds.images, cfg.crop, cfg.seed + 1000 * rank)
     model = task.model.to(device)
     if device.type == "cuda" and cfg.task != "compress":
@@ -409,6 +417,8 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         batch = sampler.sample(cfg.batch)
+        if hasattr(task, "set_step"):  # tasks whose training changes with the schedule (hyper: integer rounding)
+            task.set_step(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss, extra = task.loss(ddp_model, batch)
         if loss_hook is not None:
