@@ -9,8 +9,14 @@ always ``(H, W, 3) uint8 BGR``, C-contiguous. Three families sit behind it:
   thread is abandoned (it is a daemon and releases its capture if the call ever returns) and a new one started.
   A lost frame is never replaced by a blank one; the iterator just yields nothing until a real new frame comes.
 * **Video file**: a reader thread decodes into a bounded queue so decoding overlaps inference; every frame is
-  delivered in order. A truncated file ends after its last good frame with ``stats.truncated`` set.
-* **Images** (file, directory, glob): corrupt files are counted, named in ``stats.bad_files`` and skipped.
+  delivered in order. A truncated file ends after its last good frame with ``stats.truncated`` set; "truncated"
+  means data missing (see :mod:`edge_runtime.container`), not fewer frames than an index that counts
+  "dropped frame" placeholders.
+* **Images** (file, directory, glob): corrupt files are counted, named in ``stats.bad_files`` and skipped; sizes
+  are checked on the header before decoding (:mod:`edge_runtime.images`).
+
+Every source drops a frame over ``max_side`` or ``MAX_IMAGE_PIXELS`` (counted in ``stats.frames_bad``, the
+reason in ``stats.last_error``) instead of delivering it.
 """
 
 from __future__ import annotations
@@ -32,10 +38,14 @@ from pathlib import Path
 from queue import Empty, Full, Queue
 from typing import Any
 
+from edge_runtime.container import ContainerLayout, probe_container
+from edge_runtime.errors import BadDataError, SourceLostError, UsageError
+from edge_runtime.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, load_image, size_problem, to_bgr8
+
+# isort: split
+# cv2 after edge_runtime.images, which sets OpenCV's decoder pixel limit: OpenCV reads it once, when it loads.
 import cv2
 import numpy as np
-
-from edge_runtime.errors import BadDataError, SourceLostError, UsageError
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mjpg", ".mjpeg", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
@@ -43,10 +53,6 @@ VIDEO_EXTENSIONS = frozenset(
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
-# Images above this are counted as bad before a byte is read: a folder of camera dumps should not be able to
-# exhaust an edge device's memory with one stray file.
-MAX_IMAGE_BYTES = 256 * 1024 * 1024
-MAX_IMAGE_SIDE = 16384
 # A container's frame count is an estimate for some formats (duration x fps); allow this much slack before
 # calling a video truncated.
 TRUNCATION_SLACK_FRAMES = 2
@@ -91,9 +97,12 @@ class SourceStats:
     open_failures: int = 0  # attempts that failed to open or did not open in time
     no_frame_events: int = 0  # read timeouts: opened, but no frame for read_timeout
     stale_events: int = 0  # the same frame for stale_after
-    truncated: bool = False  # video: ended before the frame count its container claims, or nothing decodable
+    truncated: bool = False  # video: data missing (cut short, fewer pictures than it holds) or nothing decodable
     frames_expected: int | None = None  # video: frame count the container claims, when it claims one
     last_error: str = ""
+    pictures_in_file: int | None = None  # video (AVI): pictures the file holds, dropped-frame placeholders not counted
+    frames_empty: int = 0  # video (AVI): empty "dropped frame" entries, counted in frames_expected but no picture
+    note: str = ""  # not an error: e.g. what was read from a file whose frame count includes placeholders
 
 
 class Source:
@@ -133,6 +142,7 @@ def open_source(
     backoff_max: float = 8.0,
     queue_size: int = 8,
     capture_factory: CaptureFactory | None = None,
+    max_side: int = MAX_IMAGE_SIDE,
 ) -> Source:
     """Open a camera, stream URL, video file, image file, image folder (recursive) or glob pattern.
 
@@ -140,15 +150,16 @@ def open_source(
     returns an object with ``isOpened() read() release() get(prop)`` like ``cv2.VideoCapture``; it receives an
     ``int`` for camera indexes and a ``str`` otherwise. Live sources start capturing in the background at once;
     errors in opening them surface while iterating (SourceLostError, exit 5). Missing paths, unsupported files
-    and videos that do not open raise BadDataError (exit 3) here; bad options raise UsageError (exit 2).
+    and videos that do not open raise BadDataError (exit 3) here; bad options and negative camera indexes raise
+    UsageError (exit 2). A frame or image with a side over ``max_side`` (the model's limit, say) or more than
+    ``MAX_IMAGE_PIXELS`` pixels is not delivered: it is counted in ``stats.frames_bad`` with the reason.
     """
     _check_positive(open_timeout=open_timeout, read_timeout=read_timeout, stale_after=stale_after)
-    if isinstance(max_reconnects, bool) or not isinstance(max_reconnects, int) or max_reconnects < 0:
-        raise UsageError(f"max_reconnects must be an integer >= 0, got {max_reconnects!r}")
+    _check_int("max_reconnects", max_reconnects, 0)
     if not (backoff_initial >= 0 and backoff_max >= backoff_initial):
         raise UsageError(f"backoff must satisfy 0 <= initial <= max, got {backoff_initial!r}, {backoff_max!r}")
-    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-        raise UsageError(f"queue_size must be an integer >= 1, got {queue_size!r}")
+    _check_int("queue_size", queue_size, 1)
+    _check_int("max_side", max_side, 1)
 
     live_kw = dict(
         open_timeout=open_timeout,
@@ -157,6 +168,7 @@ def open_source(
         max_reconnects=max_reconnects,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        max_side=max_side,
     )
     factory = capture_factory or _default_capture_factory(open_timeout, read_timeout)
 
@@ -167,7 +179,7 @@ def open_source(
     spec = os.fspath(spec)
     if not isinstance(spec, str):
         raise UsageError(f"source {spec!r}: not a camera index, URL or path")
-    if spec.strip().isdigit():
+    if re.fullmatch(r"\s*-?\d+\s*", spec):  # "-1" too: a mistyped camera, not a missing file
         return _camera(int(spec.strip()), factory, live_kw)
     lowered = spec.lower()
     if lowered.startswith(URL_SCHEMES):
@@ -183,19 +195,19 @@ def open_source(
         files = _walk_images(path)
         if not files:
             raise BadDataError(f"{spec}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
-        return ImageSource(files, path, spec)
+        return ImageSource(files, path, spec, max_side=max_side)
     if path.exists():
         ext = path.suffix.lower()
         if ext in VIDEO_EXTENSIONS:
-            return VideoFileSource(spec, factory, queue_size=queue_size)
+            return VideoFileSource(spec, factory, queue_size=queue_size, max_side=max_side)
         if ext in IMAGE_EXTENSIONS:
-            return ImageSource([path], path.parent, spec)
+            return ImageSource([path], path.parent, spec, max_side=max_side)
         raise BadDataError(f"{spec}: unsupported file type {ext or '(no extension)'!r}")
     if globmod.has_magic(spec):
         files = _glob_images(spec)
         if not files:
             raise BadDataError(f"{spec}: no image files match this pattern")
-        return ImageSource(files, _glob_root(spec), spec)
+        return ImageSource(files, _glob_root(spec), spec, max_side=max_side)
     raise BadDataError(f"{spec}: no such file or directory")
 
 
@@ -217,28 +229,6 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def to_bgr8(image: Any) -> np.ndarray | None:
-    """Any OpenCV frame as (H, W, 3) uint8 BGR, C-contiguous; None when it cannot be one.
-
-    Gray becomes three equal channels, alpha is dropped, 16-bit keeps its high byte (as ``IMREAD_COLOR`` does).
-    """
-    if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3):
-        return None
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        return None
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif image.shape[2] != 3:
-        return None
-    return np.ascontiguousarray(image)
-
-
 # --------------------------------------------------------------------------------------------------- live
 
 
@@ -249,6 +239,12 @@ class LiveSource(Source):
     open within ``open_timeout``, delivers no frame for ``read_timeout``, or only the same frame for
     ``stale_after``. After ``max_reconnects`` consecutive failed reconnects SourceLostError is raised from the
     iterator. A delivered new frame resets the count.
+
+    A frame over the size caps is dropped and counted. When it is the first frame of a connection the attempt
+    fails and the source reconnects: OpenCV's FFmpeg backend sizes its output by the first frame and scales every
+    later frame to that size (measured with an MJPEG stream), so after an oversized first frame every frame would
+    be oversized (and cost seconds and gigabytes each); an oversized frame later in a stream arrives scaled down.
+    A capture that then only sends oversized frames runs into the read timeout, as if it sent nothing.
     """
 
     live = True
@@ -265,9 +261,11 @@ class LiveSource(Source):
         max_reconnects: int,
         backoff_initial: float,
         backoff_max: float,
+        max_side: int = MAX_IMAGE_SIDE,
     ) -> None:
         super().__init__()
         self.description = description
+        self._max_side = min(max_side, MAX_IMAGE_SIDE)
         self._spec = spec
         self._factory = factory
         self._open_timeout = open_timeout
@@ -390,6 +388,8 @@ class LiveSource(Source):
                 return
             if kind == "open":
                 self.stats.open_failures += 1
+            elif kind == "oversize":
+                self.stats.frames_bad += 1
             elif kind == "timeout":
                 self.stats.no_frame_events += 1
             self._state = "failed"
@@ -420,6 +420,7 @@ class LiveSource(Source):
                     cap.release()
 
     def _read_loop(self, gen: int, cap: Any) -> None:
+        good = 0  # frames of this connection within the caps
         while True:
             with self._cond:
                 if gen != self._gen:
@@ -439,6 +440,16 @@ class LiveSource(Source):
                     self._fail(gen, "the source stopped delivering frames", kind="read")
                 return
             image = to_bgr8(raw)
+            problem = "" if image is None else _frame_problem(image, self._max_side)
+            if problem and not good:
+                self._fail(gen, f"oversized first frame: {problem}", kind="oversize")
+                return
+            if problem:
+                with self._cond:
+                    self.stats.frames_bad += 1
+                    self.stats.last_error = f"frame dropped: {problem}"
+                continue  # not a frame for the read timeout: a capture sending only these is reconnected
+            good += image is not None
             sig = None if image is None else (image.shape, zlib.crc32(image))
             with self._cond:
                 if gen != self._gen:
@@ -462,7 +473,7 @@ class LiveSource(Source):
 
 def _camera(index: int, factory: CaptureFactory, live_kw: dict) -> LiveSource:
     if index < 0:
-        raise UsageError(f"camera {index}: a camera index must be >= 0")
+        raise UsageError(f"camera {index}: a camera index must be 0 or more (for a file of that name, write ./{index})")
     return LiveSource(index, f"camera {index}", factory, **live_kw)
 
 
@@ -476,9 +487,12 @@ class VideoFileSource(Source):
 
     live = False
 
-    def __init__(self, path: str, factory: CaptureFactory, *, queue_size: int = 8) -> None:
+    def __init__(
+        self, path: str, factory: CaptureFactory, *, queue_size: int = 8, max_side: int = MAX_IMAGE_SIDE
+    ) -> None:
         super().__init__()
         self.description = path
+        self._max_side = min(max_side, MAX_IMAGE_SIDE)
         try:
             cap = factory(path)
             opened = bool(cap.isOpened())
@@ -564,26 +578,61 @@ class VideoFileSource(Source):
                 stamp = _video_timestamp(_get(cap, cv2.CAP_PROP_POS_MSEC), decoded, self.fps, prev_stamp)
                 prev_stamp = stamp
                 decoded += 1
+                problem = _frame_problem(image, self._max_side)
+                if problem:  # skipped, not the end: the frames after it are still delivered
+                    self.stats.frames_bad += 1
+                    self.stats.last_error = f"frame {decoded - 1} dropped: {problem}"
+                    continue
                 if held is not None and not self._put_frame(held):
                     return
                 held = Frame(decoded - 1, stamp, image, "")
             else:
                 return  # closed early: no verdict on truncation
-            expected = self.stats.frames_expected
-            if damaged or decoded == 0 or (expected is not None and expected - decoded > TRUNCATION_SLACK_FRAMES):
-                self.stats.truncated = True
-                if not self.stats.last_error:
-                    self.stats.last_error = f"ended after {decoded} of {expected or '?'} frames"
-                if held is not None:
-                    self.stats.last_error += f"; frame {held.index} withheld as possibly incomplete"
-            elif held is not None:
-                self._put_frame(held)
+            self._finish(decoded, held, damaged)
         except BaseException as exc:  # a bug, not bad data: hand it to the consumer instead of dying silently
             self._error = exc
         finally:
             with contextlib.suppress(Exception):
                 cap.release()
             self._put(_END)
+
+    def _finish(self, decoded: int, held: Frame | None, damaged: bool) -> None:
+        """The verdict at the end of the file: deliver the held frame, or withhold it from a truncated file."""
+        layout = probe_container(self.description)
+        if layout is not None:
+            self.stats.pictures_in_file = layout.pictures
+            self.stats.frames_empty = layout.empty_entries
+        reason = "" if damaged else _truncation(decoded, self.stats.frames_expected, layout)
+        if damaged or reason:
+            self.stats.truncated = True
+            if reason:
+                self.stats.last_error = reason
+            if held is not None:
+                self.stats.last_error += f"; frame {held.index} withheld as possibly incomplete"
+            return
+        if layout is not None and layout.empty_entries:
+            self.stats.note = (
+                f"{self.stats.frames_expected or '?'} frames declared, {layout.empty_entries} of them empty "
+                f"dropped-frame entries; {decoded} of {layout.pictures} pictures read"
+            )
+        if held is not None:
+            self._put_frame(held)
+
+
+def _truncation(decoded: int, expected: int | None, layout: ContainerLayout | None) -> str:
+    """Why a video file that decoded ``decoded`` frames is truncated, or "" when nothing is missing.
+
+    The container's structure decides where it can (a file cut inside its picture data; AVI: fewer pictures
+    decoded than its chunks hold, placeholders not counted); otherwise the frame count the container declares.
+    """
+    if decoded == 0:
+        return f"ended after 0 of {expected or '?'} frames (nothing decodable)"
+    if layout is not None and layout.cut:
+        return f"ended after {decoded} of {expected or '?'} frames: the file is cut short inside its picture data"
+    want = layout.pictures if layout is not None and layout.pictures is not None else expected
+    if want is not None and want - decoded > TRUNCATION_SLACK_FRAMES:
+        return f"ended after {decoded} of {want} frames"
+    return ""
 
 
 def _video_timestamp(pos_msec: float, index: int, fps: float, prev: float | None) -> float:
@@ -603,11 +652,12 @@ class ImageSource(Source):
 
     live = False
 
-    def __init__(self, files: list[Path], root: Path, description: str) -> None:
+    def __init__(self, files: list[Path], root: Path, description: str, *, max_side: int = MAX_IMAGE_SIDE) -> None:
         super().__init__()
         self.description = description
         self.files = files
         self._root = root
+        self._max_side = max_side
         self._closed = False
 
     def __iter__(self) -> Iterator[Frame]:
@@ -615,7 +665,7 @@ class ImageSource(Source):
             if self._closed:
                 return
             name = self._name(path)
-            image, reason = _read_image(path)
+            image, reason = _read_image(path, self._max_side)
             if image is None:
                 self.stats.frames_bad += 1
                 self.stats.bad_files.append(name)
@@ -635,28 +685,11 @@ class ImageSource(Source):
             return path.name
 
 
-def _read_image(path: Path) -> tuple[np.ndarray | None, str]:
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return None, "empty file"
-        if size > MAX_IMAGE_BYTES:
-            return None, f"{size} bytes is over the {MAX_IMAGE_BYTES} byte limit"
-        data = np.fromfile(path, np.uint8)  # not cv2.imread: this works with non-ASCII paths everywhere
-    except OSError as exc:
-        return None, f"cannot read ({exc.strerror or exc})"
-    try:
-        raw = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        return None, f"cannot decode ({_one_line(exc)})"
-    if raw is None:
-        return None, "not a decodable image"
-    if max(raw.shape[:2]) > MAX_IMAGE_SIDE:
-        return None, f"{raw.shape[1]}x{raw.shape[0]} is over the {MAX_IMAGE_SIDE} pixel side limit"
-    image = to_bgr8(raw)
-    if image is None:
-        return None, f"unsupported pixel format {raw.dtype} {raw.shape}"
-    return image, ""
+def _read_image(path: Path, max_side: int = MAX_IMAGE_SIDE) -> tuple[np.ndarray | None, str]:
+    # The caps are looked up here, at call time, so that tests can lower them on this module.
+    return load_image(
+        path, max_bytes=MAX_IMAGE_BYTES, max_side=min(max_side, MAX_IMAGE_SIDE), max_pixels=MAX_IMAGE_PIXELS
+    )
 
 
 def _natural_key(text: str) -> list:
@@ -716,6 +749,10 @@ def _default_capture_factory(open_timeout: float, read_timeout: float) -> Captur
     return factory
 
 
+def _frame_problem(image: np.ndarray, max_side: int) -> str:
+    return size_problem(image.shape[1], image.shape[0], max_side=max_side, max_pixels=MAX_IMAGE_PIXELS)
+
+
 def _get(cap: Any, prop: int) -> float:
     try:
         return float(cap.get(prop))
@@ -731,6 +768,11 @@ def _finite_positive(value: float) -> float:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:200] or type(exc).__name__
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_positive(**values: float) -> None:
