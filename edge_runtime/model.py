@@ -5,10 +5,14 @@ Order of checks for one graph (docs/bundle.md, RELIABILITY.md cases 1-7):
 1. the path exists, is a regular file, not a symlink, not empty, under :data:`MAX_MODEL_BYTES` (``os.stat``,
    before reading);
 2. the bytes read match the manifest's SHA-256 (bundles only);
-3. a small protobuf walker (no ``onnx`` package) checks the bytes are a ModelProto, refuses any external-data
-   reference anywhere (initializers, sparse initializers, tensors in node attributes, subgraphs, functions),
-   reads ``metadata_props`` and ``opset_import``, and refuses custom op domains and unsupported opsets;
-4. ``edgeae.schema_version`` must be ``"1"``;
+3. a small protobuf walker (:mod:`edge_runtime.onnx_proto`, no ``onnx`` package) checks the bytes are a
+   ModelProto, refuses any external-data reference anywhere (initializers, sparse initializers, tensors in node
+   attributes, subgraphs, functions), reads ``metadata_props`` and ``opset_import``, and refuses custom op
+   domains and opsets outside :data:`~edge_runtime.contract.MIN_OPSET`..:data:`~edge_runtime.contract.MAX_OPSET`;
+4. ``edgeae.schema_version`` must be ``"1"``, and every metadata number the runtime computes with must lie in
+   its range (:data:`edge_runtime.contract.METADATA_RANGES`: ``input_multiple`` 1..256, ``max_side``
+   1..16384, ...), checked here before anything is sized from it (RELIABILITY 32); a bundle's manifest
+   ``contract`` and ``calibration`` blocks get the same checks in :func:`load_bundle`;
 5. the session is created from the bytes already checked, so the file cannot change between check and use;
 6. input and output names, element types and ranks are compared with the graph's contract.
 
@@ -22,57 +26,66 @@ import json
 import math
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# The contract's names stay importable from here (edge_runtime.model.GRAPH_IO, ...), as callers used them.
+from .contract import (
+    ALLOWED_DOMAINS,
+    BUNDLE_FORMAT,
+    CALIBRATION_RANGES,
+    GRAPH_IO,
+    GRAPHS,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_MODEL_BYTES,
+    MAX_OPSET,
+    METADATA_CHOICES,
+    METADATA_PREFIX,
+    METADATA_RANGES,
+    MIN_OPSET,
+    PRECISIONS,
+    REQUIRED_METADATA,
+    SCHEMA_VERSION,
+    TASKS,
+)
 from .errors import ModelRejectedError, UsageError
+from .onnx_proto import check_external, check_no_external_data, read_metadata, read_opsets, scan
 
 if TYPE_CHECKING:
     from .session import RuntimeGraph
 
-SCHEMA_VERSION = 1
-MAX_MODEL_BYTES = 512 * 1024 * 1024
-# The manifest is a few kilobytes; a cap stops a hostile file from filling memory through json.loads.
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-MANIFEST_NAME = "manifest.json"
-BUNDLE_FORMAT = "edgeae-bundle"
-
-TASKS = ("denoise", "anomaly", "compress")
-GRAPHS = ("denoise", "anomaly", "encoder", "decoder")
-PRECISIONS = ("fp32", "fp16", "int8")  # also the order precisions() lists them in
-
-# Operator domains onnxruntime implements itself; anything else would be a custom op library.
-ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft", "ai.onnx.ml"})
-MIN_OPSET = 17
-MAX_OPSET = 23
-
-# The I/O contract of docs/bundle.md: name -> (element type, rank).
-GRAPH_IO: dict[str, dict[str, dict[str, tuple[str, int]]]] = {
-    "denoise": {"inputs": {"frame": ("uint8", 4)}, "outputs": {"denoised": ("uint8", 4)}},
-    "anomaly": {
-        "inputs": {"frame": ("uint8", 4)},
-        "outputs": {"anomaly_map": ("float32", 3), "score": ("float32", 1), "features": ("float32", 4)},
-    },
-    "encoder": {"inputs": {"frame": ("uint8", 4)}, "outputs": {"latent": ("int32", 4)}},
-    "decoder": {"inputs": {"latent": ("int32", 4)}, "outputs": {"frame": ("uint8", 4)}},
-}
-
-# Keys every edgeae graph carries; one missing means a file truncated at a field boundary or not made by edgeae.
-REQUIRED_METADATA = (
-    "edgeae.schema_version",
-    "edgeae.task",
-    "edgeae.graph",
-    "edgeae.channels",
-    "edgeae.input_multiple",
-    "edgeae.max_side",
-    "edgeae.precision",
-)
-# Metadata values that must parse as positive integers when present (the runtime computes with them).
-_INT_METADATA = ("edgeae.channels", "edgeae.input_multiple", "edgeae.max_side", "edgeae.latent.stride")
+__all__ = [
+    "ALLOWED_DOMAINS",
+    "BUNDLE_FORMAT",
+    "GRAPHS",
+    "GRAPH_IO",
+    "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
+    "MAX_MODEL_BYTES",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "PRECISIONS",
+    "REQUIRED_METADATA",
+    "SCHEMA_VERSION",
+    "TASKS",
+    "Bundle",
+    "GraphInfo",
+    "IOSpec",
+    "check_io",
+    "check_metadata",
+    "check_no_external_data",
+    "check_opsets",
+    "check_schema",
+    "load_bundle",
+    "open_graph",
+    "read_metadata",
+    "read_model_bytes",
+    "read_opsets",
+]
 
 _ORT_TYPES = {
     "tensor(uint8)": np.dtype(np.uint8),
@@ -349,9 +362,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     calibration = manifest.get("calibration", {})
     if not isinstance(contract, dict) or not isinstance(calibration, dict):
         raise ModelRejectedError(f"{where}: {MANIFEST_NAME} contract and calibration must be JSON objects")
-    for key, value in calibration.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ModelRejectedError(f"{where}: calibration value {key}={value!r} is not a finite number")
+    _check_calibration(calibration, where)
+    check_metadata(contract, where, prefix=METADATA_PREFIX, what=f"{MANIFEST_NAME} contract")
 
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
@@ -425,260 +437,7 @@ def _hash_file(path: Path, st: os.stat_result, expected: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Protobuf wire format: just enough of ModelProto to check it without the onnx package.
-# Field numbers are from onnx/onnx.proto3 (IR version 10/11).
-
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-# Nesting of graphs inside attributes inside graphs...; real models use a handful of levels, and protobuf
-# (onnx, onnxruntime) refuses deeper messages anyway.
-_MAX_DEPTH = 100  # protobuf's own default recursion limit
-
-# ModelProto
-_M_IR_VERSION, _M_GRAPH, _M_OPSET, _M_METADATA, _M_TRAINING, _M_FUNCTIONS = 1, 7, 8, 14, 20, 25
-# GraphProto
-_G_NODE, _G_INITIALIZER, _G_SPARSE_INITIALIZER = 1, 5, 15
-# NodeProto
-_N_ATTRIBUTE, _N_DOMAIN = 5, 7
-# AttributeProto
-_A_T, _A_G, _A_TENSORS, _A_GRAPHS, _A_SPARSE_TENSOR, _A_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
-# TensorProto
-_T_NAME, _T_EXTERNAL_DATA, _T_DATA_LOCATION = 8, 13, 14
-_DATA_LOCATION_EXTERNAL = 1
-# SparseTensorProto
-_S_VALUES, _S_INDICES = 1, 2
-# TrainingInfoProto
-_TI_INITIALIZATION, _TI_ALGORITHM = 1, 2
-# FunctionProto
-_F_NODE = 7
-# StringStringEntryProto / OperatorSetIdProto
-_KV_KEY, _KV_VALUE = 1, 2
-_OP_DOMAIN, _OP_VERSION = 1, 2
-
-
-class _Corrupt(Exception):
-    """Raised inside the walker; turned into one ModelRejectedError at the boundary."""
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    end = len(buf)
-    while True:
-        if pos >= end:
-            raise _Corrupt("varint runs past the end")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise _Corrupt("varint longer than 10 bytes")
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
-    """Yield (field number, wire type, value) of one message; LEN values are zero-copy views."""
-    pos = 0
-    end = len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _Corrupt("field number 0")
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos)
-            yield number, wire, value
-        elif wire == _LEN:
-            length, pos = _varint(buf, pos)
-            if length > end - pos:
-                raise _Corrupt("length runs past the end")
-            yield number, wire, buf[pos : pos + length]
-            pos += length
-        elif wire == _I64:
-            if pos + 8 > end:
-                raise _Corrupt("fixed64 runs past the end")
-            yield number, wire, int.from_bytes(buf[pos : pos + 8], "little")
-            pos += 8
-        elif wire == _I32:
-            if pos + 4 > end:
-                raise _Corrupt("fixed32 runs past the end")
-            yield number, wire, int.from_bytes(buf[pos : pos + 4], "little")
-            pos += 4
-        else:
-            # Groups (3, 4) are not used by onnx.proto; 6 and 7 do not exist.
-            raise _Corrupt(f"wire type {wire}")
-
-
-def _expect_len(wire: int, value: int | memoryview, what: str) -> memoryview:
-    if wire != _LEN:
-        raise _Corrupt(f"{what} is not length-delimited")
-    assert isinstance(value, memoryview)
-    return value
-
-
-def _text(value: memoryview, what: str) -> str:
-    try:
-        return bytes(value).decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Corrupt(f"{what} is not UTF-8") from None
-
-
-@dataclass
-class _Scan:
-    """What one walk over a ModelProto found."""
-
-    metadata: dict[str, str] = field(default_factory=dict)
-    opsets: dict[str, int] = field(default_factory=dict)
-    node_domains: set[str] = field(default_factory=set)
-    external: list[str] = field(default_factory=list)  # names of tensors that reference external data
-    has_graph: bool = False
-    ir_version: int | None = None
-
-
-def _scan(model_bytes: bytes, where: str) -> _Scan:
-    """Walk a serialized ModelProto once; ModelRejectedError for anything that is not a well-formed one."""
-    if not model_bytes:
-        raise ModelRejectedError(f"{where}: not an ONNX model (empty)")
-    try:
-        return _scan_model(memoryview(model_bytes))
-    except _Corrupt as exc:
-        raise ModelRejectedError(f"{where}: not an ONNX model (truncated or corrupt protobuf: {exc})") from None
-
-
-def _scan_model(buf: memoryview) -> _Scan:
-    scan = _Scan()
-    # An explicit stack instead of recursion: a hostile file cannot exhaust Python's recursion limit.
-    stack: list[tuple[str, memoryview, int]] = []
-    for number, wire, value in _fields(buf):
-        if number == _M_IR_VERSION:
-            if wire != _VARINT:
-                raise _Corrupt("ir_version is not a varint")
-            scan.ir_version = int(value)
-        elif number == _M_GRAPH:
-            scan.has_graph = True
-            stack.append(("graph", _expect_len(wire, value, "graph"), 0))
-        elif number == _M_OPSET:
-            domain, version = _opset(_expect_len(wire, value, "opset_import"))
-            if domain in scan.opsets:
-                raise _Corrupt(f"opset_import lists domain {domain!r} twice")
-            scan.opsets[domain] = version
-        elif number == _M_METADATA:
-            key, val = _key_value(_expect_len(wire, value, "metadata_props"))
-            scan.metadata[key] = val
-        elif number == _M_TRAINING:
-            stack.append(("training", _expect_len(wire, value, "training_info"), 0))
-        elif number == _M_FUNCTIONS:
-            stack.append(("function", _expect_len(wire, value, "functions"), 0))
-    while stack:
-        kind, msg, depth = stack.pop()
-        if depth > _MAX_DEPTH:
-            raise _Corrupt("subgraphs nested too deeply")
-        _walk(kind, msg, depth, stack, scan)
-    if not scan.has_graph or scan.ir_version is None:
-        raise _Corrupt("no graph or no IR version")
-    return scan
-
-
-def _walk(kind: str, msg: memoryview, depth: int, stack: list, scan: _Scan) -> None:
-    """Check one message of the given kind, pushing the messages it contains that can hold tensors."""
-    if kind == "tensor":
-        _check_tensor(msg, scan)
-        return
-    for number, wire, value in _fields(msg):
-        if kind == "graph":
-            if number == _G_NODE:
-                stack.append(("node", _expect_len(wire, value, "node"), depth + 1))
-            elif number == _G_INITIALIZER:
-                stack.append(("tensor", _expect_len(wire, value, "initializer"), depth + 1))
-            elif number == _G_SPARSE_INITIALIZER:
-                stack.append(("sparse", _expect_len(wire, value, "sparse_initializer"), depth + 1))
-        elif kind == "node":
-            if number == _N_ATTRIBUTE:
-                stack.append(("attribute", _expect_len(wire, value, "attribute"), depth + 1))
-            elif number == _N_DOMAIN:
-                scan.node_domains.add(_text(_expect_len(wire, value, "node domain"), "node domain"))
-        elif kind == "attribute":
-            if number in (_A_T, _A_TENSORS):
-                stack.append(("tensor", _expect_len(wire, value, "attribute tensor"), depth + 1))
-            elif number in (_A_G, _A_GRAPHS):
-                stack.append(("graph", _expect_len(wire, value, "attribute graph"), depth + 1))
-            elif number in (_A_SPARSE_TENSOR, _A_SPARSE_TENSORS):
-                stack.append(("sparse", _expect_len(wire, value, "attribute sparse tensor"), depth + 1))
-        elif kind == "sparse":
-            if number in (_S_VALUES, _S_INDICES):
-                stack.append(("tensor", _expect_len(wire, value, "sparse tensor part"), depth + 1))
-        elif kind == "training":
-            if number in (_TI_INITIALIZATION, _TI_ALGORITHM):
-                stack.append(("graph", _expect_len(wire, value, "training graph"), depth + 1))
-        elif kind == "function":
-            if number == _F_NODE:
-                stack.append(("node", _expect_len(wire, value, "function node"), depth + 1))
-
-
-def _check_tensor(msg: memoryview, scan: _Scan) -> None:
-    """A TensorProto refers to external data if it has any external_data entry or data_location EXTERNAL."""
-    name = "?"
-    external = False
-    for number, wire, value in _fields(msg):
-        if number == _T_EXTERNAL_DATA:
-            external = True
-        elif number == _T_DATA_LOCATION and wire == _VARINT and value == _DATA_LOCATION_EXTERNAL:
-            external = True
-        elif number == _T_NAME and wire == _LEN:
-            assert isinstance(value, memoryview)
-            name = bytes(value).decode("utf-8", "replace")
-    if external:
-        scan.external.append(name)
-
-
-def _key_value(msg: memoryview) -> tuple[str, str]:
-    key = val = ""
-    for number, wire, value in _fields(msg):
-        if number == _KV_KEY:
-            key = _text(_expect_len(wire, value, "metadata key"), "metadata key")
-        elif number == _KV_VALUE:
-            val = _text(_expect_len(wire, value, "metadata value"), "metadata value")
-    return key, val
-
-
-def _opset(msg: memoryview) -> tuple[str, int]:
-    domain = ""
-    version = 0
-    for number, wire, value in _fields(msg):
-        if number == _OP_DOMAIN:
-            domain = _text(_expect_len(wire, value, "opset domain"), "opset domain")
-        elif number == _OP_VERSION:
-            if wire != _VARINT:
-                raise _Corrupt("opset version is not a varint")
-            assert isinstance(value, int)
-            version = value
-    return domain, version
-
-
-def check_no_external_data(model_bytes: bytes, where: str) -> None:
-    """Refuse any tensor whose data lives outside the model bytes (case 5); the target is never opened.
-
-    ``model_bytes``: a serialized ModelProto. ModelRejectedError also for bytes that are not one.
-    """
-    _check_external(_scan(model_bytes, where), where)
-
-
-def _check_external(scan: _Scan, where: str) -> None:
-    if scan.external:
-        names = ", ".join(scan.external[:3]) + (" ..." if len(scan.external) > 3 else "")
-        raise ModelRejectedError(
-            f"{where}: refers to external data for tensor(s) {names}; edgeae loads self-contained models only"
-        )
-
-
-def read_metadata(model_bytes: bytes, where: str = "model") -> dict[str, str]:
-    """The ModelProto's ``metadata_props`` as a dict of strings, read without the onnx package."""
-    return dict(_scan(model_bytes, where).metadata)
-
-
-def read_opsets(model_bytes: bytes, where: str = "model") -> dict[str, int]:
-    """The ModelProto's ``opset_import`` as ``{domain: version}`` (``""`` is the default ai.onnx domain)."""
-    return dict(_scan(model_bytes, where).opsets)
+# What a graph declares: opsets and metadata (the walker that reads them is edge_runtime.onnx_proto)
 
 
 def check_opsets(opsets: dict[str, int], where: str, node_domains: set[str] | frozenset[str] = frozenset()) -> None:
@@ -699,8 +458,8 @@ def check_opsets(opsets: dict[str, int], where: str, node_domains: set[str] | fr
 
 
 def check_schema(metadata: dict[str, str], where: str) -> None:
-    """``edgeae.schema_version`` must be ``"1"``; the keys of :data:`REQUIRED_METADATA` must be present and the
-    integer metadata the runtime computes with must parse."""
+    """``edgeae.schema_version`` must be ``"1"``, the keys of :data:`REQUIRED_METADATA` present and every value the
+    runtime computes with within its range (:func:`check_metadata`)."""
     version = metadata.get("edgeae.schema_version")
     if version is None:
         raise ModelRejectedError(f"{where}: not an edgeae model (no edgeae.schema_version in its metadata)")
@@ -711,19 +470,50 @@ def check_schema(metadata: dict[str, str], where: str) -> None:
         raise ModelRejectedError(
             f"{where}: metadata lacks {', '.join(missing)} (truncated, or not made by edgeae export)"
         )
-    for key in _INT_METADATA:
-        value = metadata.get(key, "")
+    check_metadata(metadata, where)
+
+
+def check_metadata(
+    values: dict[str, Any], where: str, *, prefix: str = "", what: str = "metadata"
+) -> dict[str, int | float]:
+    """Range-check the contract's numbers (:data:`~edge_runtime.contract.METADATA_RANGES`) and vocabularies.
+
+    ``values``: ONNX metadata (strings, keys with the ``edgeae.`` prefix), or the manifest's ``contract`` block
+    with ``prefix="edgeae."`` (keys without it; JSON numbers allowed). An empty string counts as absent. Returns
+    the parsed numbers by full key. ModelRejectedError (4) naming the key, the value and the allowed range, e.g.
+    ``metadata edgeae.input_multiple='60000' is out of range (allowed 1..256)`` (RELIABILITY 32).
+    """
+    numbers: dict[str, int | float] = {}
+    for name, value in values.items():
+        key = prefix + name
         if value == "":
             continue
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if number < 1:
-            raise ModelRejectedError(f"{where}: metadata {key}={value!r} is not a positive integer")
-    channels = metadata.get("edgeae.channels", "")
-    if channels not in ("", "1", "3"):
-        raise ModelRejectedError(f"{where}: metadata edgeae.channels={channels!r}, expected 1 or 3")
+        allowed = METADATA_RANGES.get(key)
+        if allowed is not None:
+            try:
+                numbers[key] = allowed.parse(value)
+            except ValueError as exc:
+                raise ModelRejectedError(f"{where}: {what} {name}={value!r} {exc}") from None
+        elif key in METADATA_CHOICES and value not in METADATA_CHOICES[key]:
+            choices = ", ".join(METADATA_CHOICES[key])
+            raise ModelRejectedError(f"{where}: {what} {name}={value!r} is not allowed (allowed {choices})")
+    multiple, max_side = numbers.get("edgeae.input_multiple"), numbers.get("edgeae.max_side")
+    if multiple is not None and max_side is not None and multiple > max_side:
+        raise ModelRejectedError(f"{where}: {what} edgeae.input_multiple={multiple} is over edgeae.max_side={max_side}")
+    return numbers
+
+
+def _check_calibration(calibration: dict, where: str) -> None:
+    """The manifest's calibration block overrides the anomaly metadata: finite numbers, in the same ranges."""
+    for key, value in calibration.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ModelRejectedError(f"{where}: calibration value {key}={value!r} is not a finite number")
+        allowed = CALIBRATION_RANGES.get(key)
+        if allowed is not None:
+            try:
+                allowed.parse(value)
+            except ValueError as exc:
+                raise ModelRejectedError(f"{where}: {MANIFEST_NAME} calibration {key}={value!r} {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -779,6 +569,30 @@ def _check_metadata_matches(metadata: dict[str, str], where: str, **want: str | 
             raise ModelRejectedError(f"{where}: metadata edgeae.{key} is {got!r}, expected {value!r}")
 
 
+def _graph_bytes(
+    path_or_bundle: str | os.PathLike | Bundle, graph: str | None, precision: str
+) -> tuple[Bundle | None, str | None, Path, bytes]:
+    """``(bundle or None, graph, path, bytes)`` of the graph file to open, read and hashed once (cases 1-4)."""
+    bundle: Bundle | None = None
+    if isinstance(path_or_bundle, Bundle):
+        bundle = path_or_bundle
+    else:
+        path = Path(path_or_bundle)
+        if path.is_dir() or path.name == MANIFEST_NAME:
+            bundle = load_bundle(path)
+    if bundle is None:
+        model_path = Path(path_or_bundle)  # type: ignore[arg-type]
+        return None, graph, model_path, read_model_bytes(model_path, None)
+    if graph is None:
+        present = bundle.graphs()
+        if len(present) != 1:
+            raise UsageError(f"{bundle.root}: bundle holds graphs {', '.join(present)}; name one")
+        graph = present[0]
+    entry = bundle.entry(graph, precision)
+    model_path = bundle.root / entry["name"]
+    return bundle, graph, model_path, read_model_bytes(model_path, entry["sha256"])
+
+
 def open_graph(
     path_or_bundle: str | os.PathLike | Bundle,
     graph: str | None = None,
@@ -799,34 +613,14 @@ def open_graph(
     """
     from .session import RuntimeGraph, create_session
 
-    bundle: Bundle | None = None
-    if isinstance(path_or_bundle, Bundle):
-        bundle = path_or_bundle
-    else:
-        path = Path(path_or_bundle)
-        if path.is_dir() or path.name == MANIFEST_NAME:
-            bundle = load_bundle(path)
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
-
-    if bundle is not None:
-        if graph is None:
-            present = bundle.graphs()
-            if len(present) != 1:
-                raise UsageError(f"{bundle.root}: bundle holds graphs {', '.join(present)}; name one")
-            graph = present[0]
-        entry = bundle.entry(graph, precision)
-        model_path = bundle.root / entry["name"]
-        model_bytes = read_model_bytes(model_path, entry["sha256"])
-    else:
-        model_path = Path(path_or_bundle)
-        model_bytes = read_model_bytes(model_path, None)
-
+    bundle, graph, model_path, model_bytes = _graph_bytes(path_or_bundle, graph, precision)
     where = str(model_path)
-    scan = _scan(model_bytes, where)
-    _check_external(scan, where)
-    check_opsets(scan.opsets, where, scan.node_domains)
-    metadata = dict(scan.metadata)
+    found = scan(model_bytes, where)
+    check_external(found, where)
+    check_opsets(found.opsets, where, found.node_domains)
+    metadata = dict(found.metadata)
     check_schema(metadata, where)
 
     if bundle is None:

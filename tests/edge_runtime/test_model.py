@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_runtime import model as model_mod
+from edge_runtime import onnx_proto
 from edge_runtime.errors import MODEL_REJECTED, USAGE, ModelRejectedError, UsageError
 from edge_runtime.model import (
     SCHEMA_VERSION,
@@ -606,14 +607,65 @@ def test_metadata_walker_round_trips(tiny_model_bytes, meta):
         ({"edgeae.schema_version": "2"}, r"unknown schema version 2 \(this edgeae knows 1\)"),
         ({"edgeae.schema_version": None}, "not an edgeae model"),
         ({"edgeae.max_side": None}, "metadata lacks edgeae.max_side"),
-        ({"edgeae.input_multiple": "0"}, "edgeae.input_multiple='0' is not a positive integer"),
-        ({"edgeae.max_side": "big"}, "not a positive integer"),
-        ({"edgeae.channels": "2"}, "expected 1 or 3"),
+        ({"edgeae.input_multiple": "0"}, r"edgeae.input_multiple='0' is out of range \(allowed 1..256\)"),
+        ({"edgeae.max_side": "big"}, r"edgeae.max_side='big' is not an integer \(allowed"),
+        ({"edgeae.channels": "2"}, r"edgeae.channels='2' is not allowed \(allowed 1 or 3\)"),
+        ({"edgeae.precision": "int4"}, r"edgeae.precision='int4' is not allowed \(allowed fp32, fp16, int8\)"),
     ],
 )
 def test_schema_and_metadata(make_model, write_model, changes, match):
     with rejected(match) as err:
         open_graph(write_model(make_model(metadata=changes)))
+    assert err.value.exit_code == MODEL_REJECTED
+
+
+# Case 6 / RELIABILITY 32: every number the runtime computes with is range-checked when the graph is opened,
+# before anything is sized from it (input_multiple 60000 asked onnxruntime for 10.8 GB on a 1-pixel frame).
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"edgeae.input_multiple": "60000"}, r"edgeae.input_multiple='60000' is out of range \(allowed 1..256\)"),
+        ({"edgeae.input_multiple": "1_0"}, r"edgeae.input_multiple='1_0' is not an integer"),
+        ({"edgeae.input_multiple": " 8"}, r"edgeae.input_multiple=' 8' is not an integer"),
+        ({"edgeae.max_side": "100000"}, r"edgeae.max_side='100000' is out of range \(allowed 1..16384\)"),
+        ({"edgeae.max_side": "4", "edgeae.input_multiple": "8"}, "edgeae.input_multiple=8 is over edgeae.max_side=4"),
+        ({"edgeae.latent.stride": "4096"}, r"edgeae.latent.stride='4096' is out of range \(allowed 1..256\)"),
+        ({"edgeae.latent.channels": "0"}, r"edgeae.latent.channels='0' is out of range \(allowed 1..1024\)"),
+        ({"edgeae.quality": "300"}, r"edgeae.quality='300' is out of range \(allowed 0..255\)"),
+        ({"edgeae.anomaly.threshold": "nan"}, r"edgeae.anomaly.threshold='nan' is not a finite number"),
+        ({"edgeae.anomaly.threshold": "1e400"}, r"edgeae.anomaly.threshold='1e400' is not a finite number"),
+        ({"edgeae.anomaly.threshold": "-1"}, r"edgeae.anomaly.threshold='-1' is out of range \(allowed 0..1e\+06\)"),
+        ({"edgeae.anomaly.norm_std": "1e-300"}, r"norm_std='1e-300' is out of range \(allowed 1e-06..1e\+06\)"),
+        ({"edgeae.anomaly.norm_mean": "-1e9"}, r"norm_mean='-1e9' is out of range \(allowed -1e\+06..1e\+06\)"),
+    ],
+)
+def test_metadata_numbers_out_of_range_are_refused(make_model, write_model, changes, match):
+    with rejected(match) as err:
+        open_graph(write_model(make_model(metadata=changes)))
+    assert err.value.exit_code == MODEL_REJECTED
+    assert "\n" not in str(err.value)
+
+
+def test_metadata_in_range_is_accepted(make_model, write_model):
+    meta = {"edgeae.input_multiple": "256", "edgeae.max_side": "16384", "edgeae.anomaly.norm_std": "1e-06"}
+    graph = open_graph(write_model(make_model("anomaly", input_multiple=256, metadata=meta)))
+    assert (graph.info.input_multiple, graph.info.max_side) == (256, 16384)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m["contract"].update(input_multiple="60000"), r"contract input_multiple='60000' is out of range"),
+        (lambda m: m["contract"].update(max_side=10**9), r"contract max_side=1000000000 is out of range"),
+        (lambda m: m["calibration"].update(norm_std=0.0), r"calibration norm_std=0.0 is out of range"),
+        (lambda m: m["calibration"].update(threshold=1e300), r"calibration threshold=1e\+300 is out of range"),
+    ],
+)
+def test_manifest_numbers_out_of_range_are_refused(make_bundle, rewrite_manifest, edit, match):
+    root = make_bundle()
+    rewrite_manifest(root, edit=edit)
+    with rejected(match) as err:
+        load_bundle(root)
     assert err.value.exit_code == MODEL_REJECTED
 
 
@@ -634,9 +686,9 @@ def test_node_with_a_custom_domain_is_refused(make_model):
     model = make_model()
     model.graph.node.append(helper.make_node("MyOp", ["frame"], ["x"], domain="com.example"))
     data = model.SerializeToString()
-    scan = model_mod._scan(data, "m")
+    found = onnx_proto.scan(data, "m")
     with rejected("custom operator domain 'com.example'"):
-        check_opsets(scan.opsets, "m", scan.node_domains)
+        check_opsets(found.opsets, "m", found.node_domains)
 
 
 def test_microsoft_and_ml_domains_are_allowed():
