@@ -67,7 +67,7 @@ def decode_image(
         return None, "not a PNG, JPEG, TIFF, WebP or BMP image (unrecognised or damaged header)"
     problem = size_problem(header.width, header.height, max_side=max_side, max_pixels=max_pixels)
     if problem:
-        return None, f"the {header.format} header declares {problem}"
+        return None, f"{problem} (as its {header.format} header declares; not decoded)"
     try:
         raw = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:  # OpenCV's own size limit, or a decoder that gave up
