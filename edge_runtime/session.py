@@ -256,6 +256,35 @@ def _fmt_shape(shape: tuple) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
+def _fmt_dim(dim: Any) -> str:
+    if dim is None:
+        return "?"
+    return "|".join(str(d) for d in dim) if isinstance(dim, tuple) else str(dim)
+
+
+def _dim_ok(want: Any, got: int) -> bool:
+    if want is None:
+        return got >= 1
+    return got in want if isinstance(want, tuple) else got == want
+
+
+class FrameOutputs(dict):
+    """What :meth:`RuntimeGraph.run_frame` returns: ``{output name: array}`` of one frame, a plain dict to every
+    caller, plus the padding it applied so that callers need not recompute it.
+
+    ``pad``: ``(bottom, right)`` rows and columns added by reflection to reach a multiple of
+    ``edgeae.input_multiple``; ``padded``: ``(H, W)`` of the frame the graph really ran on, the grid that
+    outputs such as ``features`` and ``latent`` are relative to (they are not cropped).
+    """
+
+    __slots__ = ("pad", "padded")
+
+    def __init__(self, outputs: dict[str, np.ndarray], pad: tuple[int, int], padded: tuple[int, int]):
+        super().__init__(outputs)
+        self.pad = pad
+        self.padded = padded
+
+
 class RuntimeGraph:
     """A checked graph with its session. Create with :func:`edge_runtime.model.open_graph`.
 
@@ -328,8 +357,10 @@ class RuntimeGraph:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on batched feeds, e.g. ``{"frame": (N, H, W, C) uint8}``; returns ``{name: array}``.
 
-        Every feed is checked (names, dtype, rank, fixed dims, H/W caps) before onnxruntime sees it:
-        ModelRejectedError (4) with expected vs actual. Float outputs holding NaN or Inf raise
+        Every feed is checked (names, dtype, rank, fixed dims, H/W caps) before onnxruntime sees it, and every
+        output against the shape the graph's contract and metadata promise for those feeds (e.g. ``denoised``
+        (N, H, W, C) for a frame (N, H, W, C); RELIABILITY 33): ModelRejectedError (4) with expected vs actual.
+        Float outputs holding NaN or Inf raise
         :class:`NonFiniteOutput` (a BadDataError) naming the output.
         """
         where = str(self.info.path)
@@ -352,10 +383,49 @@ class RuntimeGraph:
         else:
             results = self.session.run(self._output_names, checked)
         outputs = dict(zip(self._output_names, results, strict=True))
+        self._check_outputs(checked, outputs)
         for name, array in outputs.items():
             if array.dtype.kind == "f" and array.size and not _all_finite(array):
                 raise NonFiniteOutput(f"{where}: output {name} holds NaN or Inf; frame not scored", name)
         return outputs
+
+    def _expected_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, tuple]:
+        """Output shapes the contract promises for these feeds; a dim is an int, a tuple of ints or None (any)."""
+        graph, s = self.info.graph, self._stride
+        if graph == "decoder":
+            n, _, h, w = feeds["latent"].shape
+            return {"frame": (n, h * s, w * s, self.info.channels)}
+        if graph not in ("denoise", "anomaly", "encoder"):
+            return {}  # a custom graph opened with its own I/O contract: its fixed dims only
+        n, hp, wp, c = feeds["frame"].shape
+        if graph == "denoise":
+            return {"denoised": (n, hp, wp, c)}
+        if graph == "anomaly":
+            return {"anomaly_map": (n, hp, wp), "score": (n,), "features": (n, None, None, None)}
+        latent_c = self.info.meta_int("edgeae.latent.channels", 0) or None
+        return {"latent": (n, latent_c, (hp // s, -(-hp // s)), (wp // s, -(-wp // s)))}
+
+    def _check_outputs(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Every output has the rank, fixed dims and frame-derived shape it promises (RELIABILITY 33): a graph
+        that returns 1x1 for a frame, or the wrong channel count, is a ModelRejectedError naming both shapes."""
+        expected = self._expected_outputs(feeds)
+        for spec in self.info.outputs:
+            got = outputs[spec.name].shape
+            declared = tuple(d if isinstance(d, int) else None for d in spec.shape)
+            want = expected.get(spec.name, declared)
+            ok = len(got) == len(want) == len(declared)
+            ok = ok and all(_dim_ok(w, g) and _dim_ok(d, g) for w, d, g in zip(want, declared, got, strict=False))
+            if len(want) == len(declared):
+                want = tuple(d if w is None else w for w, d in zip(want, declared, strict=True))
+            if ok and spec.name == "features" and self.info.graph == "anomaly":
+                (hp, wp), (h, w) = feeds["frame"].shape[1:3], got[2:]
+                ok = hp % h == 0 and wp % w == 0 and hp // h == wp // w  # one integer stride s on both axes
+                want = (*want[:2], f"{hp}/s", f"{wp}/s")
+            if not ok:
+                raise ModelRejectedError(
+                    f"{self.info.path}: {self.info.graph} graph output {spec.name}: expected "
+                    f"[{','.join(_fmt_dim(d) for d in want)}], got {_fmt_shape(got)}"
+                )
 
     def frame_channels(self) -> int:
         """Channels the ``frame`` input takes: its fixed last dimension, else ``edgeae.channels``."""
@@ -364,7 +434,7 @@ class RuntimeGraph:
             return spec.shape[-1]
         return self.info.channels
 
-    def run_frame(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+    def run_frame(self, frame: np.ndarray) -> FrameOutputs:
         """Run one frame as OpenCV delivers it: ``(H, W, 3)`` uint8 BGR, ``(H, W, 4)`` BGRA or ``(H, W)`` gray.
 
         The frame is converted to the channels the graph takes (BGR→GRAY with cv2 and back), padded on the
@@ -373,6 +443,9 @@ class RuntimeGraph:
         (N,H,W,C), ``anomaly_map`` (N,H,W)) are cropped back to H×W. Returns the outputs of this one frame, the
         batch dimension removed: ``denoised`` (H, W, C) uint8, ``anomaly_map`` (H, W) float32, ``score`` ()
         float32; outputs on another grid (``features``, ``latent``) keep the padded grid.
+
+        The result is a :class:`FrameOutputs`: a dict as above that also carries ``pad`` (bottom, right) and
+        ``padded`` (H, W), the padding applied and the size the graph ran at, so callers need not recompute them.
         """
         if "frame" not in self._inputs:
             raise UsageError(f"{self.info.path}: the {self.info.graph} graph does not take a frame")
@@ -404,7 +477,7 @@ class RuntimeGraph:
                 # A copy, not a view: callers hand these to cv2 and numpy code that expects contiguous arrays.
                 array = np.ascontiguousarray(array[:, :height, :width])
             result[name] = array[0]
-        return result
+        return FrameOutputs(result, (pad_h, pad_w), (padded_h, padded_w))
 
     @staticmethod
     def _convert_channels(frame: np.ndarray, channels: int, where: str) -> np.ndarray:

@@ -366,11 +366,29 @@ def test_max_side_from_metadata(make_bundle):
         graph.run_frame(frame_of(65, 10))
 
 
-def test_decoder_latent_cap_uses_the_stride(make_bundle):
+def upsampling_decoder(make_model, stride: int, **metadata: str):
+    """A decoder that honours ``edgeae.latent.stride``: latent (N,C,h,w) -> frame (N, stride*h, stride*w, C)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = make_model("decoder", metadata={"edgeae.latent.stride": str(stride), **metadata})
+    del model.graph.node[:]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, stride, stride], np.float32), "scales"))
+    model.graph.node.extend([
+        helper.make_node("Cast", ["latent"], ["lf"], to=TensorProto.FLOAT),
+        helper.make_node("Resize", ["lf", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Transpose", ["up"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Cast", ["t"], ["frame"], to=TensorProto.UINT8),
+    ])  # fmt: skip
+    return model
+
+
+def test_decoder_latent_cap_uses_the_stride(make_bundle, make_model):
+    decoder = upsampling_decoder(make_model, 16, **{"edgeae.max_side": "64"})
     graph = open_graph(
-        make_bundle(["decoder"], metadata={"edgeae.max_side": "64", "edgeae.latent.stride": "16"}), "decoder"
+        make_bundle(["decoder"], models={("decoder", "fp32"): decoder}, metadata={"edgeae.max_side": "64"}),
+        "decoder",
     )
-    graph.run({"latent": np.zeros((1, 3, 4, 4), np.int32)})  # decodes to 64x64
+    assert graph.run({"latent": np.zeros((1, 3, 4, 4), np.int32)})["frame"].shape == (1, 64, 64, 3)
     with pytest.raises(ModelRejectedError, match=r"<= 64, got \[1,3,5,4\]"):
         graph.run({"latent": np.zeros((1, 3, 5, 4), np.int32)})
 
@@ -404,6 +422,77 @@ def test_padding_is_reflect_101(make_bundle):
     np.testing.assert_array_equal(out["features"], padded.transpose(2, 0, 1).astype(np.float32))
     np.testing.assert_allclose(out["anomaly_map"], frame.astype(np.float32).mean(axis=2), rtol=1e-6)
     assert out["score"] == pytest.approx(frame.astype(np.float32).mean(axis=2).max(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("h", "w", "pad"), [(37, 51, (3, 5)), (8, 16, (0, 0)), (1, 1, (7, 7))])
+def test_run_frame_returns_its_padding(denoise, make_bundle, h, w, pad):
+    out = denoise.run_frame(frame_of(h, w))
+    assert out.pad == pad and out.padded == (h + pad[0], w + pad[1])
+    assert list(out) == ["denoised"] and out == {"denoised": out["denoised"]}  # still the plain dict callers know
+    features = open_graph(make_bundle(["anomaly"], name="a")).run_frame(frame_of(h, w))
+    assert features.padded == features["features"].shape[1:] == (h + pad[0], w + pad[1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs checked against the shape the metadata promises (RELIABILITY 33)
+
+
+def _collapsing_denoise(make_model, channels_out: int | None = None):
+    """A denoise graph that returns one pixel per frame (ReduceMax over H and W), or other channels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = make_model("denoise")
+    g = model.graph
+    del g.node[:]
+    if channels_out is None:
+        g.initializer.append(numpy_helper.from_array(np.array([1, 2], np.int64), "hw"))
+        g.node.append(helper.make_node("ReduceMax", ["frame"], ["denoised"], axes=[1, 2], keepdims=1))
+    else:
+        g.initializer.append(numpy_helper.from_array(np.array([0, 0, 0, 0], np.int64), "starts"))
+        g.initializer.append(numpy_helper.from_array(np.array([2**31, 2**31, 2**31, channels_out], np.int64), "ends"))
+        g.node.append(helper.make_node("Slice", ["frame", "starts", "ends"], ["denoised"]))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("denoised", TensorProto.UINT8, ["N", "H", "W", "C"]))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("channels_out", "match"),
+    [(None, r"denoise graph output denoised: expected \[1,64,48,3\], got \[1,1,1,3\]"),
+     (1, r"denoise graph output denoised: expected \[1,64,48,3\], got \[1,64,48,1\]")],
+)  # fmt: skip
+def test_output_shape_not_promised_is_refused(make_bundle, make_model, channels_out, match):
+    graph = open_graph(make_bundle(models={("denoise", "fp32"): _collapsing_denoise(make_model, channels_out)}))
+    with pytest.raises(ModelRejectedError, match=match) as err:
+        graph.run_frame(frame_of(64, 48))
+    assert err.value.exit_code == MODEL_REJECTED and "\n" not in str(err.value)
+    assert str(graph.info.path) in str(err.value)
+
+
+def test_decoder_output_must_follow_the_latent_stride(make_bundle, make_model):
+    decoder = upsampling_decoder(make_model, 8)  # really upsamples by 8, but the metadata will say 16
+    decoder.metadata_props[[p.key for p in decoder.metadata_props].index("edgeae.latent.stride")].value = "16"
+    graph = open_graph(make_bundle(["decoder"], models={("decoder", "fp32"): decoder}), "decoder")
+    with pytest.raises(
+        ModelRejectedError, match=r"decoder graph output frame: expected \[1,64,64,3\], got \[1,32,32,3\]"
+    ):
+        graph.run({"latent": np.zeros((1, 3, 4, 4), np.int32)})
+
+
+def test_anomaly_features_must_share_one_stride(make_bundle, make_model):
+    from onnx import helper
+
+    model = make_model("anomaly")
+    model.graph.node.append(helper.make_node("Transpose", ["g"], ["features_t"], perm=[0, 3, 2, 1]))
+    for node in model.graph.node:  # features come out (N, C, W, H): the grid does not match the frame
+        if node.output[0] == "features":
+            node.output[0] = "unused"
+        elif node.output[0] == "features_t":
+            node.output[0] = "features"
+    graph = open_graph(make_bundle(["anomaly"], models={("anomaly", "fp32"): model}))
+    graph.run({"frame": np.zeros((1, 16, 16, 3), np.uint8)})  # square: W/H swapped still fits
+    with pytest.raises(ModelRejectedError, match=r"anomaly graph output features: expected \[1,3,16/s,32/s\], got \[1,3,32,16\]"):
+        graph.run({"frame": np.zeros((1, 16, 32, 3), np.uint8)})
 
 
 def test_run_frame_does_not_copy_an_aligned_frame(denoise, monkeypatch):
