@@ -439,8 +439,8 @@ class LiveSource(Source):
                 else:
                     self._fail(gen, "the source stopped delivering frames", kind="read")
                 return
-            image = to_bgr8(raw)
-            problem = "" if image is None else _frame_problem(image, self._max_side)
+            problem = _frame_problem(raw, self._max_side)  # before to_bgr8, which may copy a huge frame
+            image = None if problem else to_bgr8(raw)
             if problem and not good:
                 self._fail(gen, f"oversized first frame: {problem}", kind="oversize")
                 return
@@ -749,7 +749,9 @@ def _default_capture_factory(open_timeout: float, read_timeout: float) -> Captur
     return factory
 
 
-def _frame_problem(image: np.ndarray, max_side: int) -> str:
+def _frame_problem(image: Any, max_side: int) -> str:
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        return ""  # not a frame at all: to_bgr8 says so
     return size_problem(image.shape[1], image.shape[0], max_side=max_side, max_pixels=MAX_IMAGE_PIXELS)
 
 
