@@ -487,11 +487,12 @@ class CompressTask:
 
     def __init__(self, encoder: Encoder, decoder: Decoder | None = None, annotate: bool = False):
         self.enc, self.dec, self.annotate = encoder, decoder, annotate
+        self.max_side = encoder.max_side
         self.pixels = 0
         self.bits = 0.0
 
     def process(self, frame: Any) -> Outcome:
-        image = self.enc.prepare(check_frame(frame.image, self.enc.max_side))
+        image = self.enc.prepare(check_frame(frame.image, self.max_side))
         height, width = image.shape[:2]
         latent = self.enc.latent(image)
         t0 = time.perf_counter()

@@ -75,7 +75,8 @@ def _base_stats(res: LoopResult, src: Any) -> dict[str, Any]:
             "frames_bad": s.frames_bad + res.skipped, "bad_files": list(s.bad_files),
             "frames_dropped": s.frames_dropped, "reconnects": s.reconnects, "truncated": bool(s.truncated),
             "frames_expected": s.frames_expected, "fps": res.fps(), "elapsed_s": res.elapsed_s,
-            "stages": res.clock.summary(), "interrupted": res.interrupted, "exit_code": res.exit_code}  # fmt: skip
+            "stages": res.clock.summary(), "interrupted": res.interrupted, "exit_code": res.exit_code,
+            "note": getattr(s, "note", "")}  # fmt: skip
 
 
 def _finish(res: LoopResult, src: Any, stats: dict[str, Any], where: str) -> dict[str, Any]:
@@ -397,8 +398,11 @@ def run_pipeline(opts: RunOptions, on_frame: Any = None) -> dict:
         raise UsageError("--show: this OpenCV build has no GUI support (opencv-python-headless); use --serve")
     bundle = load_bundle(opts.model)
     task = build_task(bundle, opts)
+    # The model's limit goes to the source, so a camera that sends one huge picture costs a dropped frame before
+    # it is converted (RELIABILITY 34); files keep the default cap and the task reports a frame it cannot take.
     src = open_source(opts.source, open_timeout=opts.open_timeout, read_timeout=opts.read_timeout,
-                      stale_after=max(opts.read_timeout, 1.0), max_reconnects=opts.reconnects)  # fmt: skip
+                      stale_after=max(opts.read_timeout, 1.0), max_reconnects=opts.reconnects,
+                      max_side=task.max_side)  # fmt: skip
     try:
         routes = _run_routes(opts, src)
     except BaseException:

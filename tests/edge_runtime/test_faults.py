@@ -200,11 +200,18 @@ def test_one_bad_frame_never_ends_a_run(make_bundle, tmp_path):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 60 + i, np.uint8))
     cv2.imwrite(str(folder / "1b.png"), np.zeros((1, 8300, 3), np.uint8))  # over the test bundle's 8192
     (folder / "2b.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    bundle = make_bundle(("anomaly",))
+    # `run` hands the model's limit to the source: the picture is dropped before it is converted.
     ev = tmp_path / "ev.jsonl"
-    res = CliRunner().invoke(cli, ["run", str(make_bundle(("anomaly",))), "--source", str(folder), "--events",
-                                   str(ev)])  # fmt: skip
+    res = CliRunner().invoke(cli, ["run", str(bundle), "--source", str(folder), "--events", str(ev)])
     assert res.exit_code == errors.BAD_DATA and "4 frame(s) processed" in res.stderr
-    events = lines_of(ev)
+    assert "2 input(s) could not be read" in res.stderr and "1b.png" in res.stderr
+    assert len([e for e in lines_of(ev) if e["type"] == "frame"]) == 4
+    # `score` reads it and the task refuses it: an error line names it.
+    ev2 = tmp_path / "ev2.jsonl"
+    res = CliRunner().invoke(cli, ["score", str(bundle), str(folder), "--events", str(ev2)])
+    assert res.exit_code == errors.BAD_DATA and "4 frame(s) processed" in res.stderr
+    events = lines_of(ev2)
     assert len([e for e in events if e["type"] == "frame"]) == 4
     (err,) = [e for e in events if e["type"] == "error"]
     assert err["name"] == "1b.png" and "8192" in err["reason"]

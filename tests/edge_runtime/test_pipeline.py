@@ -92,3 +92,32 @@ def test_parse_host_port():
     assert parse_host_port("0.0.0.0:90") == ("0.0.0.0", 90)
     with pytest.raises(errors.UsageError):
         parse_host_port("host:http")
+
+
+def test_live_view_shows_the_alarm_and_the_scorers_box(make_bundle, tmp_path, monkeypatch):
+    """The overlay of `run` is drawn with the hysteresis alarm and the scorer's bbox (it used to get neither)."""
+    from edge_runtime import anomaly
+
+    clip = tmp_path / "c.mkv"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"FFV1"), 10, (64, 48))
+    for i in range(10):
+        f = np.full((48, 64, 3), 20, np.uint8)
+        if 3 <= i < 8:  # a bright block: the tiny anomaly graph's map is the frame's mean brightness
+            cv2.rectangle(f, (8, 8), (56, 40), (255, 255, 255), -1)
+        w.write(f)
+    w.release()
+    calls = []
+    real = anomaly.overlay
+
+    def spy(frame, fmap, threshold, **kw):
+        calls.append(kw)
+        return real(frame, fmap, threshold, **kw)
+
+    monkeypatch.setattr(anomaly, "overlay", spy)
+    ev = tmp_path / "ev.jsonl"
+    bundle = make_bundle(("anomaly",), metadata={"edgeae.anomaly.threshold": "100"})
+    stats = run_pipeline(RunOptions(model=str(bundle), source=str(clip), events=str(ev), record=str(tmp_path / "r.avi")))
+    frames = [json.loads(x) for x in ev.read_text().splitlines() if '"type":"frame"' in x]
+    assert stats["frames_processed"] == 10 and len(calls) == 10
+    assert [c["alarm"] for c in calls] == [f["alarm"] for f in frames] and any(f["alarm"] for f in frames)
+    assert [c["bbox"] for c in calls] == [tuple(f["bbox"]) if f["bbox"] else None for f in frames]
