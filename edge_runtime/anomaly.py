@@ -58,7 +58,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,19 +66,27 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_runtime.contract import (
+    DEVICE_THRESHOLD_FLOOR,
+    MAX_SIDE_LIMIT,
+    MAX_STATS_BYTES,
+    MAX_STATS_FEATURES,
+    STATS_NAME,
+)
 from edge_runtime.errors import BadDataError, ModelRejectedError, UsageError
 from edge_runtime.io import atomic_path, atomic_write_text
 from edge_runtime.model import MANIFEST_NAME, Bundle, load_bundle, open_graph
+from edge_runtime.npcheck import NpyError, grid_layout, load_npz, npz_headers
 from edge_runtime.outputs import FolderSink, VideoSink, output_kind, write_image
 from edge_runtime.session import NonFiniteOutput
 from edge_runtime.sources import open_source
 from edge_runtime.stats import StageClock
 
-STATS_NAME = "anomaly_stats.npz"
 STATS_VERSION = 1
-# A statistics file is a few MB even for 1080p frames (F x H/8 x W/8 float32 x 2); the cap stops a hostile
-# file from filling memory through np.load.
-MAX_STATS_BYTES = 256 * 1024 * 1024
+# Members of a statistics file: the four arrays on the feature grid, and the small ones (the reference image at
+# most ALIGN_MAX_SIDE x ALIGN_MAX_SIDE float64 is the largest); any other member is capped like those, never loaded.
+_STATS_GRID, _STATS_STACKED = ("ssim_mean", "ssim_std"), ("feat_mean", "feat_std")
+_STATS_SMALL = ("version", "frame_size", "term_norm", "weights", "frames", "model_sha256", "combine", "reference")
 # Calibration needs at least this many frames: 8 to fit, 2 held out. Fewer than asked for but at least this
 # many (a short video) still calibrates, and the summary says so.
 MIN_CALIBRATION_FRAMES = 10
@@ -87,12 +94,11 @@ MIN_CALIBRATION_FRAMES = 10
 # normalisation and the threshold on these. Interleaved rather than the last 20 %: a scene drifts (daylight),
 # and the threshold should see the same conditions the statistics saw.
 HOLDOUT_EVERY = 5
-# Threshold in normalised units: max(THRESHOLD_FLOOR, THRESHOLD_MARGIN * highest held-out normalised score).
-# A few held-out frames do not show the tail of the normal scores (heavier than a Gaussian's: Cantelli's bound
-# for 3 std is 10 %). Measured with the benchmark's camera (benchmarks/anomaly_bench.py, 40 calibration frames,
-# 400 normal and 400 defective test frames): per-frame false alarms 2.5 % at 3 std, 1.5 % at 4, 1.0 % at 5;
-# detected 95 %, 92 %, 90 %. 4 it is, and the Hysteresis (2 frames to raise an alarm) stops single false frames.
-THRESHOLD_FLOOR = 4.0
+# Threshold in normalised units: max(DEVICE_THRESHOLD_FLOOR, THRESHOLD_MARGIN * highest held-out normalised
+# score). The floor is 4, not the 3 of `edgeae export`: edge_runtime.contract says why (a few held-out frames do
+# not show the tail; measured false alarms 2.5 % at 3 std, 1.5 % at 4), and the Hysteresis (2 frames to raise an
+# alarm) stops single false frames.
+THRESHOLD_FLOOR = DEVICE_THRESHOLD_FLOOR  # the name callers and tests know
 THRESHOLD_MARGIN = 1.1
 # Per-location variances get this fraction of their mean over all locations added: a location that never
 # changed on the calibration frames (a static, saturated patch) would otherwise call sensor noise a defect.
@@ -125,7 +131,7 @@ SCORE_WINDOW = 16  # pixels; the graph's score window unless its model_config sa
 CALIBRATION_RULE = (
     "edgeae calibrate on the device: every 5th normal frame held out; statistics (per-location Gaussians, or the "
     "graph score's mean and std) fitted on the others; per-location: norm_mean/norm_std from the held-out scores; "
-    "threshold = max(4.0, 1.1 x the highest normalised held-out score)."
+    f"threshold = max({DEVICE_THRESHOLD_FLOOR}, 1.1 x the highest normalised held-out score)."
 )
 
 
@@ -205,12 +211,23 @@ class LocationStats:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> LocationStats:
-        """Parse and shape-check an ``.npz``; ModelRejectedError (4) on anything unexpected."""
+        """Parse and shape-check an ``.npz``; ModelRejectedError (4) on anything unexpected.
+
+        Nothing is loaded before every member's .npy header and the zip's declared sizes are checked
+        (:mod:`edge_runtime.npcheck`): the grid (h, w) of ``ssim_*`` and the channels F of ``feat_*`` fix the size
+        of every array, the other members are small, and the whole may not inflate past MAX_STATS_BYTES; so a
+        small file that declares gigabytes allocates nothing (RELIABILITY 32).
+        """
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-            raise ModelRejectedError(f"{where}: not a readable statistics file ({_one_line(exc)})") from None
+            headers = npz_headers(data, max_members=32, max_bytes=MAX_STATS_BYTES)
+        except NpyError as exc:
+            raise ModelRejectedError(f"{where}: not a readable statistics file ({exc})") from None
+        try:
+            grid_layout(headers, _STATS_GRID, _STATS_STACKED, max_side=MAX_SIDE_LIMIT, max_channels=MAX_STATS_FEATURES,
+                        max_other_bytes=ALIGN_MAX_SIDE * ALIGN_MAX_SIDE * 8)  # fmt: skip
+            arrays = load_npz(data, [k for k in (*_STATS_GRID, *_STATS_STACKED, *_STATS_SMALL) if k in headers])
+        except NpyError as exc:
+            raise ModelRejectedError(f"{where}: statistics file {exc}") from None
         required = ("version", "frame_size", "ssim_mean", "ssim_std", "feat_mean", "feat_std", "term_norm", "weights")
         missing = [k for k in required if k not in arrays]
         if missing:
@@ -226,18 +243,8 @@ class LocationStats:
         size = arrays["frame_size"]
         s_mean, s_std = arrays["ssim_mean"], arrays["ssim_std"]
         f_mean, f_std = arrays["feat_mean"], arrays["feat_std"]
-        ok = (
-            size.shape == (2,)
-            and (size > 0).all()
-            and s_mean.ndim == 2
-            and s_std.shape == s_mean.shape
-            and f_mean.ndim == 3
-            and f_mean.shape[1:] == s_mean.shape
-            and f_std.shape == f_mean.shape
-            and arrays["term_norm"].shape == (2, 2)
-            and arrays["weights"].shape == (2,)
-        )
-        if not ok:
+        ok = size.shape == (2,) and (size > 0).all() and arrays["term_norm"].shape == (2, 2)
+        if not (ok and arrays["weights"].shape == (2,)):
             shapes = ", ".join(f"{k} {list(arrays[k].shape)}" for k in required[1:])
             raise ModelRejectedError(f"{where}: statistics arrays have inconsistent shapes ({shapes})")
         if (s_std <= 0).any() or (f_std <= 0).any() or (arrays["term_norm"][:, 1] <= 0).any():
@@ -509,7 +516,7 @@ class AnomalyScorer:
             for key in ("threshold", "norm_mean", "norm_std"):
                 if key in self.bundle.calibration:
                     values[key] = float(self.bundle.calibration[key])
-        values.setdefault("threshold", THRESHOLD_FLOOR)
+        values.setdefault("threshold", DEVICE_THRESHOLD_FLOOR)
         values.setdefault("norm_mean", 0.0)
         values.setdefault("norm_std", 1.0)
         for key, value in values.items():
@@ -793,8 +800,8 @@ def fit_calibration(
     Every 5th frame is held out (:data:`HOLDOUT_EVERY`). Statistics (per-location Gaussians, or for the generic
     score its mean and std) are fitted on the other 80 %; with per-location statistics the fitted frames would
     score in-sample (too low), so the score normalisation is then fitted on the held-out frames. The threshold is
-    ``max(3.0, 1.1 x the highest normalised held-out score)``: out-of-sample normal frames stay below it with a
-    10 % margin, and 3 standard deviations is the least it can be. Memory: running sums plus the held-out frames'
+    ``max(4.0, 1.1 x the highest normalised held-out score)``: out-of-sample normal frames stay below it with a
+    10 % margin, and 4 standard deviations is the least it can be. Memory: running sums plus the held-out frames'
     grids (F+1 floats per 8x8 pixels: about 4 MB per 1080p frame).
 
     With per-location statistics every frame is first registered to the first one (:class:`FrameAligner`),
@@ -873,7 +880,7 @@ def fit_calibration(
         norm_std = float(max(fit.std(ddof=1), 0.02 * abs(norm_mean), 1e-6))
         fit_normalised = (fit - norm_mean) / norm_std
     held_norm = (held_raw - norm_mean) / norm_std
-    threshold = float(max(THRESHOLD_FLOOR, THRESHOLD_MARGIN * float(held_norm.max())))
+    threshold = float(max(DEVICE_THRESHOLD_FLOOR, THRESHOLD_MARGIN * float(held_norm.max())))
     calibration = {"threshold": threshold, "norm_mean": norm_mean, "norm_std": norm_std}
     flagged = int((held_norm > threshold).sum() + (fit_normalised > threshold).sum())
     summary = {

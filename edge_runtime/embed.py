@@ -524,19 +524,20 @@ def embed_source(
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """The (N, D) float32 matrix of an embed output; its header is checked against the file's size and a cap
+    (:func:`edge_runtime.npcheck.read_npy`) before anything is allocated: BadDataError (3) otherwise."""
+    from edge_runtime.npcheck import NpyError, read_npy
+
     try:
-        with open(path, "rb") as fh:
-            matrix = np.lib.format.read_array(fh, allow_pickle=False)
-            if fh.read(1):
-                raise ValueError("trailing bytes after the array")
+        matrix = read_npy(path)
     except FileNotFoundError:
         raise BadDataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise BadDataError(f"{path}: is a directory, not a .npy file") from None
     except OSError as exc:
         raise BadDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (ValueError, EOFError, TypeError) as exc:
-        raise BadDataError(f"{path}: not a valid .npy file ({' '.join(str(exc).split())})") from None
+    except NpyError as exc:
+        raise BadDataError(f"{path}: not a valid .npy file ({exc})") from None
     if matrix.dtype != np.float32 or matrix.ndim != 2 or 0 in matrix.shape:
         raise BadDataError(f"{path}: expected float32 (N, D) embeddings, got {matrix.dtype} {list(matrix.shape)}")
     if not np.isfinite(matrix).all():
