@@ -491,7 +491,9 @@ def test_anomaly_features_must_share_one_stride(make_bundle, make_model):
             node.output[0] = "features"
     graph = open_graph(make_bundle(["anomaly"], models={("anomaly", "fp32"): model}))
     graph.run({"frame": np.zeros((1, 16, 16, 3), np.uint8)})  # square: W/H swapped still fits
-    with pytest.raises(ModelRejectedError, match=r"anomaly graph output features: expected \[1,3,16/s,32/s\], got \[1,3,32,16\]"):
+    with pytest.raises(
+        ModelRejectedError, match=r"anomaly graph output features: expected \[1,3,16/s,32/s\], got \[1,3,32,16\]"
+    ):
         graph.run({"frame": np.zeros((1, 16, 32, 3), np.uint8)})
 
 
