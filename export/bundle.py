@@ -1,7 +1,8 @@
 """``export_run``: a training run -> a model bundle (docs/bundle.md), written atomically.
 
 The bundle is built in a temporary directory beside ``out_dir`` and renamed into place only when every file and
-the manifest are complete; an existing bundle at ``out_dir`` is replaced only then (renamed aside, the new one
+the manifest are complete and the runtime's own loader (``edge_runtime.model.load_bundle`` and ``open_graph`` of
+every graph) accepts them; an existing bundle at ``out_dir`` is replaced only then (renamed aside, the new one
 renamed in, the old one deleted). Any failure, Ctrl-C included, removes the temporary directory and leaves an
 existing bundle as it was.
 
@@ -24,6 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.contract import (
+    BUNDLE_FORMAT,
+    DEFAULT_OPSET,
+    ENTROPY_NAME,
+    EXPORT_MAX_OPSET,
+    EXPORT_THRESHOLD_FLOOR,
+    MANIFEST_NAME,
+    MIN_OPSET,
+    SCHEMA_VERSION,
+    graph_file_name,
+)
 from edge_runtime.errors import ModelRejectedError, UsageError
 from edge_runtime.io import fsync_dir
 from export import gate as gt
@@ -32,9 +44,13 @@ from export import onnx_export as ox
 from export import quantize as qz
 from export.frames import FrameSets, frame_sets
 
-MANIFEST = "manifest.json"
-ENTROPY = "entropy.json"
 ENTROPY_PRECISION = 16
+CALIBRATION_RULE = (
+    "norm_mean/norm_std: mean and sample std of the FP32 graph's raw scores on the run's validation images (whole, "
+    "cut to input_multiple, plus their horizontal and vertical mirror images); threshold = "
+    f"max({EXPORT_THRESHOLD_FLOOR}, 99th percentile of the normalised scores). The same values are in every file's "
+    "metadata."
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +102,8 @@ def _check_out_dir(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"{out}: exists and is not a directory")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise UsageError(f"{out}: exists, is not empty and holds no {MANIFEST}; refusing to replace it")
+        if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+            raise UsageError(f"{out}: exists, is not empty and holds no {MANIFEST_NAME}; refusing to replace it")
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -174,7 +190,7 @@ class _Exporter:
 
     def write_graph(self, graph: str, precision: str, model, parent: str, **extra) -> str:
         md.set_metadata(model, self.meta(graph, precision, parent))
-        name = f"{graph}.{precision}.onnx"
+        name = graph_file_name(graph, precision)
         data = ox.write_model(model, self.tmp / name)  # checks, writes
         spec = self.specs[graph]
         return self.add_file(name, data, graph, precision, macs_per_pixel=spec.macs_per_pixel, params=spec.params,
@@ -201,7 +217,7 @@ class _Exporter:
         self.tables = tables_from_pmf(pmf, offset, precision=ENTROPY_PRECISION)
         text = json.dumps(tables_to_json(self.tables), separators=(",", ":")) + "\n"
         tables_from_json(json.loads(text))  # the runtime's own strict parser must accept what is written
-        self.add_file(ENTROPY, text.encode("utf-8"))
+        self.add_file(ENTROPY_NAME, text.encode("utf-8"))
 
     def with_graph(self, graph: str, data: bytes) -> dict[str, bytes]:
         models = dict(self.fp32)
@@ -243,7 +259,7 @@ class _Exporter:
     def write_fp32(self) -> None:
         for graph, model in self.fp32_models.items():
             self.fp32_sha[graph] = self.write_graph(graph, "fp32", model, self.weights_sha)
-            self.fp32[graph] = (self.tmp / f"{graph}.fp32.onnx").read_bytes()
+            self.fp32[graph] = (self.tmp / graph_file_name(graph, "fp32")).read_bytes()
 
     def reference(self) -> None:
         self.ref = self.ev.measure(self.fp32)
@@ -261,7 +277,7 @@ class _Exporter:
             self.log(f"{graph}: FP16 {self.ev.describe(m)}, delta {delta:+.4f} -> {status}")
             if ok or self.force:
                 self.write_graph(graph, "fp16", model, self.fp32_sha[graph], gate=status)
-                out[graph] = (self.tmp / f"{graph}.fp16.onnx").read_bytes()
+                out[graph] = (self.tmp / graph_file_name(graph, "fp16")).read_bytes()
         return out
 
     def calib_inputs(self, graph: str) -> list[np.ndarray]:
@@ -293,7 +309,7 @@ class _Exporter:
 
         def attempt(keep_float: list[str]):
             model = qz.quantize(pre, qpath, calib, plan, settings, keep_float)
-            ox.check_model(model, f"{graph}.int8.onnx")
+            ox.check_model(model, graph_file_name(graph, "int8"))
             data = ox.model_bytes(model)
             m, delta, ok = self.gate(graph, data)
             return model, data, m, delta, ok
@@ -335,7 +351,7 @@ class _Exporter:
                      f"{self.budget.limit(self.task):g}); pass --force to write it anyway")  # fmt: skip
             return None
         self.write_graph(graph, "int8", model, self.fp32_sha[graph], gate=status)
-        return (self.tmp / f"{graph}.int8.onnx").read_bytes()
+        return (self.tmp / graph_file_name(graph, "int8")).read_bytes()
 
     def timing(self, variants: dict[str, dict[str, bytes]]) -> None:
         """Time every precision of each graph against FP32, interleaved; fill ms and speed-up in the rows."""
@@ -362,7 +378,7 @@ def export_run(
     int8: bool = False,
     calib: str | None = None,
     calib_method: str = "minmax",
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     force: bool = False,
     budget: gt.Budget | dict | None = None,
     command: str = "",
@@ -383,8 +399,8 @@ def export_run(
     out = Path(out_dir).absolute()
     if calib_method not in qz.CALIB_METHODS:
         raise UsageError(f"calibration method {calib_method!r} is not one of {', '.join(qz.CALIB_METHODS)}")
-    if not ox.MIN_OPSET <= opset <= ox.MAX_OPSET:
-        raise UsageError(f"opset {opset} outside {ox.MIN_OPSET}..{ox.MAX_OPSET}")
+    if not MIN_OPSET <= opset <= EXPORT_MAX_OPSET:
+        raise UsageError(f"opset {opset} outside {MIN_OPSET}..{EXPORT_MAX_OPSET}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"threads must be a positive integer, got {threads!r}")
     if not run.is_dir():
@@ -425,14 +441,31 @@ def export_run(
             ex.log(gt.format_table(ex.rows, f"{w}x{h}", threads))
         manifest = _manifest(ex, out, command, threads, settings, calib)
         text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
-        _write_file(tmp / MANIFEST, text.encode("utf-8"))
+        _write_file(tmp / MANIFEST_NAME, text.encode("utf-8"))
         fsync_dir(tmp)
+        _check_with_runtime(tmp, out)
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    ex.log(f"wrote {out} ({', '.join(ex.files)})")
+    ex.log(f"wrote {out} ({', '.join(ex.files)}; every graph opened by edge_runtime)")
     return out
+
+
+def _check_with_runtime(tmp: Path, out: Path) -> None:
+    """Open the bundle just written in ``tmp`` with the runtime's own loader, every graph at every precision
+    (hashes, metadata ranges, opsets, I/O contract), before it is installed at ``out``: a bundle the runtime would
+    refuse is an export error (ModelRejectedError, exit 4) and never lands at ``out``."""
+    from edge_runtime.model import load_bundle, open_graph
+
+    try:
+        bundle = load_bundle(tmp)
+        for graph in bundle.graphs():
+            for precision in bundle.precisions(graph):
+                open_graph(bundle, graph, precision, threads=1)
+    except (ModelRejectedError, UsageError) as exc:
+        reason = str(exc).replace(str(tmp), str(out))
+        raise ModelRejectedError(f"{out}: not written: edge_runtime refuses the bundle ({reason})") from None
 
 
 def _finite(obj):
@@ -452,8 +485,8 @@ def _manifest(ex: _Exporter, out: Path, command: str, threads: int, settings: qz
     first = next(iter(ex.specs))
     contract = md.contract(ex.meta(first, "fp32", ""))
     manifest: dict = {
-        "format": "edgeae-bundle",
-        "schema_version": int(md.SCHEMA_VERSION),
+        "format": BUNDLE_FORMAT,
+        "schema_version": SCHEMA_VERSION,
         "task": ex.task,
         "name": out.name,
         "files": ex.files,
@@ -461,11 +494,7 @@ def _manifest(ex: _Exporter, out: Path, command: str, threads: int, settings: qz
     }
     if ex.calibration is not None:
         manifest["calibration"] = dict(ex.calibration)
-        manifest["calibration_rule"] = (
-            "norm_mean/norm_std: mean and sample std of the FP32 graph's raw scores on the run's validation "
-            "images (whole, cut to input_multiple, plus their horizontal and vertical mirror images); threshold = "
-            "max(3.0, 99th percentile of the normalised scores). The same values are in every file's metadata."
-        )
+        manifest["calibration_rule"] = CALIBRATION_RULE
     manifest["versions"] = _versions()
     manifest["command"] = command or " ".join(sys.argv)
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -481,7 +510,7 @@ def _manifest(ex: _Exporter, out: Path, command: str, threads: int, settings: qz
                        "rounds": ex.opts.timing_rounds, "provider": "CPUExecutionProvider", "statistic": "median",
                        "load_average": ex.load_average},
             "rows": [{**asdict(r), "written": r.precision == "fp32"
-                      or f"{r.graph}.{r.precision}.onnx" in ex.files} for r in ex.rows],
+                      or graph_file_name(r.graph, r.precision) in ex.files} for r in ex.rows],
         })  # fmt: skip
     if ex.quant_info:
         manifest["quantization"] = _finite({

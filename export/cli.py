@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edge_runtime.contract import DEFAULT_OPSET, EXPORT_MAX_OPSET, MIN_OPSET
 from edge_runtime.errors import UsageError
 
 
@@ -52,7 +53,11 @@ def _command_line() -> str:
     help="How activation ranges are chosen from the calibration frames.",
 )
 @click.option(
-    "--opset", type=click.IntRange(17, 21), default=17, show_default=True, help="ONNX opset of the written graphs."
+    "--opset",
+    type=click.IntRange(MIN_OPSET, EXPORT_MAX_OPSET),
+    default=DEFAULT_OPSET,
+    show_default=True,
+    help="ONNX opset of the written graphs.",
 )
 @click.option(
     "--force",

@@ -26,20 +26,20 @@ from typing import Any
 
 import numpy as np
 
-PREFIX = "edgeae."
-SCHEMA_VERSION = "1"
-MAX_SIDE = 8192
-# The latents are rounded to integers in the encoder graph.
-LATENT_QUANTIZATION = "round"
-LATENT_STRIDE = 16
-# Keys that differ between the files of one bundle (the encoder and decoder differ in cost too); the manifest's
-# contract holds the others, and each file's manifest entry these.
-PER_FILE_KEYS = ("graph", "precision", "parent_sha256", "macs_per_pixel", "params")
+# Names, keys and values the runtime accepts: edge_runtime.contract, shared with the reader.
+from edge_runtime.contract import (
+    EXPORT_MAX_SIDE,
+    EXPORT_THRESHOLD_FLOOR,
+    LATENT_QUANTIZATION,
+    LATENT_STRIDE,
+    METADATA_PREFIX,
+    NORM_STD_FLOOR,
+    PER_FILE_KEYS,
+    SCHEMA_VERSION,
+)
 
-# Anomaly threshold rule (see anomaly_calibration).
-THRESHOLD_FLOOR = 3.0
+# Anomaly threshold rule (see anomaly_calibration): max(EXPORT_THRESHOLD_FLOOR, this percentile).
 THRESHOLD_PERCENTILE = 99.0
-NORM_STD_FLOOR = 1e-6
 
 
 def sha256_file(path: str | Path) -> str:
@@ -63,7 +63,8 @@ def anomaly_calibration(raw_scores: Sequence[float] | np.ndarray) -> dict[str, f
     Rule: ``norm_mean`` and ``norm_std`` are the mean and sample standard deviation (ddof=1, floored at 1e-6)
     of the raw scores; ``threshold`` (normalised units) is ``max(3.0, 99th percentile of the normalised
     scores)``, so at most about 1 % of normal frames of this kind are flagged and never a score within three
-    standard deviations of the mean. ``edgeae calibrate`` refits all three on the device's own frames.
+    standard deviations of the mean (:data:`~edge_runtime.contract.EXPORT_THRESHOLD_FLOOR`). ``edgeae calibrate``
+    refits all three on the device's own frames, with a floor of 4.0 (the contract says why the two differ).
     """
     s = np.asarray(raw_scores, dtype=np.float64).ravel()
     if s.size < 2 or not np.all(np.isfinite(s)):
@@ -71,7 +72,7 @@ def anomaly_calibration(raw_scores: Sequence[float] | np.ndarray) -> dict[str, f
     mean = float(s.mean())
     std = max(float(s.std(ddof=1)), NORM_STD_FLOOR)
     z = (s - mean) / std
-    threshold = max(THRESHOLD_FLOOR, float(np.percentile(z, THRESHOLD_PERCENTILE)))
+    threshold = max(EXPORT_THRESHOLD_FLOOR, float(np.percentile(z, THRESHOLD_PERCENTILE)))
     return {"threshold": round(threshold, 6), "norm_mean": mean, "norm_std": std}
 
 
@@ -96,13 +97,13 @@ def graph_metadata(
     """The full ``edgeae.*`` metadata of one graph file (keys with the prefix, values strings)."""
     channels = int(model_cfg["channels"])
     meta = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": str(SCHEMA_VERSION),
         "task": task,
         "graph": graph,
         "channel_order": "BGR" if channels == 3 else "GRAY",
         "channels": str(channels),
         "input_multiple": str(int(model_cfg["multiple"])),
-        "max_side": str(MAX_SIDE),
+        "max_side": str(EXPORT_MAX_SIDE),
         "precision": precision,
         "quality": str(model_cfg["quality"]) if task == "compress" else "",
         "parent_sha256": parent_sha256,
@@ -120,12 +121,12 @@ def graph_metadata(
             raise ValueError("the anomaly graph needs its calibration (threshold, norm_mean, norm_std)")
         for key in ("threshold", "norm_mean", "norm_std"):
             meta[f"anomaly.{key}"] = _fmt_float(calibration[key])
-    return {PREFIX + k: v for k, v in meta.items()}
+    return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
 
 def set_metadata(model: Any, meta: dict[str, str]) -> None:
     """Replace the ``edgeae.*`` entries of an onnx ModelProto's metadata_props with ``meta`` (others kept)."""
-    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
     del model.metadata_props[:]
     for key, value in [*keep, *sorted(meta.items())]:
         if not isinstance(value, str):
@@ -141,5 +142,7 @@ def get_metadata(model: Any) -> dict[str, str]:
 def contract(meta: dict[str, str]) -> dict[str, str]:
     """The manifest's ``contract``: the metadata shared by every file of the bundle, without the prefix."""
     return {
-        k[len(PREFIX) :]: v for k, v in meta.items() if k.startswith(PREFIX) and k[len(PREFIX) :] not in PER_FILE_KEYS
+        k.removeprefix(METADATA_PREFIX): v
+        for k, v in meta.items()
+        if k.startswith(METADATA_PREFIX) and k.removeprefix(METADATA_PREFIX) not in PER_FILE_KEYS
     }

@@ -21,13 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge_runtime.contract import DEFAULT_OPSET, EXPORT_MAX_OPSET, MIN_OPSET
 from edge_runtime.errors import ModelRejectedError
 
-MIN_OPSET = 17
-MAX_OPSET = 21  # the newest the legacy exporter writes that edge_runtime accepts
 ONNX_SIZE_LIMIT = 2**31 - 1  # protobuf's limit; edgeae never writes external data
 
-GRAPHS_OF_TASK = {"denoise": ("denoise",), "anomaly": ("anomaly",), "compress": ("encoder", "decoder")}
 _FRAME_AXES = {0: "N", 1: "H", 2: "W"}
 
 
@@ -107,13 +105,17 @@ def torch_to_onnx(
     input_names: list[str],
     output_names: list[str],
     dynamic_axes: dict,
-    opset: int = MIN_OPSET,
+    opset: int = DEFAULT_OPSET,
 ):
-    """Export ``module`` and return the onnx ModelProto (no external data, constants folded)."""
+    """Export ``module`` and return the onnx ModelProto (no external data, constants folded).
+
+    ``opset``: :data:`~edge_runtime.contract.MIN_OPSET` to :data:`~edge_runtime.contract.EXPORT_MAX_OPSET`, the
+    range the TorchScript exporter supports (above it, it only warns, and that warning is silenced here).
+    """
     import onnx
 
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ModelRejectedError(f"opset {opset} outside {MIN_OPSET}..{MAX_OPSET}")
+    if not MIN_OPSET <= opset <= EXPORT_MAX_OPSET:
+        raise ModelRejectedError(f"opset {opset} outside {MIN_OPSET}..{EXPORT_MAX_OPSET}")
     module.eval()
     fd, tmp = tempfile.mkstemp(suffix=".onnx")
     os.close(fd)
@@ -137,7 +139,7 @@ def torch_to_onnx(
     return model
 
 
-def export_graph(spec: GraphSpec, opset: int = MIN_OPSET):
+def export_graph(spec: GraphSpec, opset: int = DEFAULT_OPSET):
     """The FP32 ModelProto of one graph (constants folded, dead nodes removed; metadata not yet set)."""
     model = torch_to_onnx(spec.module, spec.example, spec.input_names, spec.output_names, spec.dynamic_axes, opset)
     return simplify(model)

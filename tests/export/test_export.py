@@ -361,6 +361,30 @@ def test_failure_mid_export_leaves_no_partial_bundle(runs, tmp_path, monkeypatch
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["d"]
 
 
+def test_a_bundle_the_runtime_refuses_is_not_installed(runs, tmp_path, monkeypatch):
+    """Export opens what it wrote with edge_runtime's own loader before installing it (issue 14): a bundle the
+    runtime refuses (here edgeae.max_side past the contract's range) is an error, nothing lands at ``out`` and an
+    existing bundle there stays as it was."""
+    from export import metadata as md
+
+    out = tmp_path / "models" / "d"
+    monkeypatch.setattr(md, "EXPORT_MAX_SIDE", 10**6)
+    match = r"d: not written: edge_runtime refuses the bundle \(.*max_side='1000000' is out of range"
+    with pytest.raises(ModelRejectedError, match=match) as err:
+        export_run(runs["denoise"], out, progress=False, options=FAST, threads=1)
+    assert ".tmp-" not in str(err.value)  # the message names the output, not the temporary folder
+    assert list((tmp_path / "models").iterdir()) == []
+
+    monkeypatch.undo()
+    export_run(runs["denoise"], out, progress=False, options=FAST, threads=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(md, "EXPORT_MAX_SIDE", 10**6)
+    with pytest.raises(ModelRejectedError, match=match):
+        export_run(runs["denoise"], out, progress=False, options=FAST, threads=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["d"]
+
+
 def test_reexport_replaces_bundle(runs, tmp_path):
     out = tmp_path / "b"
     export_run(runs["denoise"], out, progress=False, options=FAST, threads=1)
@@ -392,6 +416,8 @@ def test_bad_arguments(runs, tmp_path):
         export_run(runs["denoise"], tmp_path / "o", calib_method="median", progress=False)
     with pytest.raises(UsageError):
         export_run(runs["denoise"], tmp_path / "o", opset=13, progress=False)
+    with pytest.raises(UsageError, match=r"opset 21 outside 17..20"):  # past what the TorchScript exporter supports
+        export_run(runs["denoise"], tmp_path / "o", opset=21, progress=False)
     with pytest.raises(UsageError):
         export_run(runs["denoise"], tmp_path / "o", threads=0, progress=False)
 
