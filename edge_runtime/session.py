@@ -392,11 +392,11 @@ class RuntimeGraph:
     def _expected_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, tuple]:
         """Output shapes the contract promises for these feeds; a dim is an int, a tuple of ints or None (any)."""
         graph, s = self.info.graph, self._stride
-        if graph == "decoder":
+        if graph == "decoder" and "latent" in feeds:
             n, _, h, w = feeds["latent"].shape
             return {"frame": (n, h * s, w * s, self.info.channels)}
-        if graph not in ("denoise", "anomaly", "encoder"):
-            return {}  # a custom graph opened with its own I/O contract: its fixed dims only
+        if graph not in ("denoise", "anomaly", "encoder") or "frame" not in feeds:
+            return {}  # a graph opened with its own I/O contract: its fixed dims only
         n, hp, wp, c = feeds["frame"].shape
         if graph == "denoise":
             return {"denoised": (n, hp, wp, c)}
