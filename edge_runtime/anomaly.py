@@ -47,7 +47,6 @@ applies to both; the calibration block of manifest.json overrides the ONNX metad
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import io
@@ -73,14 +72,12 @@ from edge_runtime.contract import (
     MAX_STATS_FEATURES,
     STATS_NAME,
 )
-from edge_runtime.errors import BadDataError, ModelRejectedError, UsageError
+from edge_runtime.errors import BadDataError, FrameError, ModelRejectedError, UsageError
 from edge_runtime.io import atomic_path, atomic_write_text
 from edge_runtime.model import MANIFEST_NAME, Bundle, load_bundle, open_graph
 from edge_runtime.npcheck import NpyError, grid_layout, load_npz, npz_headers
-from edge_runtime.outputs import FolderSink, VideoSink, output_kind, write_image
 from edge_runtime.session import NonFiniteOutput
-from edge_runtime.sources import open_source
-from edge_runtime.stats import StageClock
+from edge_runtime.task import Outcome, check_frame
 
 STATS_VERSION = 1
 # Members of a statistics file: the four arrays on the feature grid, and the small ones (the reference image at
@@ -602,7 +599,7 @@ class AnomalyScorer:
         return _Analysis(height, width, amap, float(out["score"]), grid, feats, (ph, pw), shift)
 
     def _size_error(self, height: int, width: int, size: tuple[int, int]) -> None:
-        raise BadDataError(
+        raise FrameError(
             f"{self.where}: frame is {width}x{height} but the per-location statistics were fitted on "
             f"{size[1]}x{size[0]} frames; recalibrate for this size (edgeae calibrate) or feed frames of the "
             "calibrated size"
@@ -1041,147 +1038,55 @@ def overlay(frame: np.ndarray, fmap: np.ndarray, threshold: float, *, score: flo
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Scoring a source
+# The frame loop's task
 
 
-def score_source(
-    model: Any,
-    input_spec: Any,
-    output: str | os.PathLike | None = None,
-    *,
-    events_path: str | os.PathLike | None = None,
-    precision: str = "fp32",
-    device: str = "cpu",
-    threads: int | None = None,
-    allow_fallback: bool = False,
-    progress: Any = None,
-    hysteresis: Hysteresis | None = None,
-) -> dict:
-    """Score every frame of ``input_spec`` (image, folder, glob, video, camera, URL); returns statistics.
+class ScoreTask:
+    """The frame loop's anomaly task: ``process(frame) -> Outcome(event=score fields, image=overlay)``.
 
-    ``output``: overlays as a video (.mp4/.avi...), a folder of images (a path without extension) or one image.
-    ``events_path``: JSONL, one ``{"type": "frame", ...}`` line per frame (index, time, name, score, raw,
-    smoothed, threshold, above_threshold, alarm, bbox; or an ``error`` for a frame whose output held NaN/Inf)
-    and one ``{"type": "alarm", "event": "start"|"end", ...}`` line per alarm change. The events are written to
-    a temp file line by line and renamed at the end; the overlays are written atomically too.
-
-    Corrupt images are skipped and counted, a truncated video ends at its last good frame, frames with NaN/Inf
-    outputs are flagged: in each case the outputs of the good frames are written, then BadDataError (exit 3)
-    says how many.
+    ``smooth``: temporal smoothing with hysteresis (:class:`Hysteresis`) decides the alarm - for streams (video,
+    cameras); without it (a folder of unrelated images) each frame's alarm is its own score above the threshold.
+    ``annotate``: draw the overlay (only when an output or the live view wants it: it costs milliseconds).
     """
-    scorer = AnomalyScorer(model, precision=precision, device=device, threads=threads,
-                           allow_fallback=allow_fallback)  # fmt: skip
-    hyst = hysteresis or Hysteresis()
-    kind = output_kind(output) if output is not None else None
-    report = _progress_fn(progress, "score")
-    clock = StageClock()
-    counts = {"frames": 0, "anomalous_frames": 0, "alarms": 0, "frames_error": 0}
-    max_score = -math.inf
-    t0 = time.perf_counter()
-    thr = scorer.threshold
-    with open_source(input_spec) as src:
-        sink: VideoSink | FolderSink | None = None
-        try:
-            with contextlib.ExitStack() as stack:
-                events_fh = None
-                if events_path is not None:
-                    # Closed (LIFO) before atomic_path fsyncs and renames it; removed if anything raises.
-                    tmp = stack.enter_context(atomic_path(events_path))
-                    events_fh = stack.enter_context(open(tmp, "w", encoding="utf-8"))
-                if kind == "video":
-                    sink = VideoSink(output, fps=src.fps or 25.0)  # type: ignore[arg-type]
-                elif kind == "folder":
-                    sink = FolderSink(output)  # type: ignore[arg-type]
-                it = iter(src)
-                seen = 0
-                while True:
-                    with clock.stage("capture"):
-                        frame = next(it, None)
-                    if frame is None:
-                        break
-                    seen += 1
-                    base: dict[str, Any] = {"frame": frame.index, "time": round(float(frame.timestamp), 4)}
-                    if frame.name:
-                        base["name"] = frame.name
-                    try:
-                        with clock.stage("inference"):
-                            analysis = scorer.analyse(frame.image)
-                        with clock.stage("postprocess"):
-                            result = scorer.finish(analysis)
-                    except NonFiniteOutput as exc:
-                        counts["frames_error"] += 1
-                        if events_fh is not None:
-                            events_fh.write(
-                                json.dumps({"type": "frame", **base, "score": None, "error": str(exc)}) + "\n"
-                            )
-                        continue
-                    smoothed, alarm, event = hyst.update(result.score, thr)
-                    counts["frames"] += 1
-                    counts["anomalous_frames"] += int(result.above)
-                    counts["alarms"] += int(event == "start")
-                    max_score = max(max_score, result.score)
-                    with clock.stage("output"):
-                        if events_fh is not None:
-                            line = {"type": "frame", **base, "score": round(result.score, 4),
-                                    "raw": round(result.raw, 6), "smoothed": round(smoothed, 4),
-                                    "threshold": round(thr, 4), "above_threshold": result.above, "alarm": alarm,
-                                    "bbox": list(result.bbox) if result.bbox is not None else None,
-                                "shift": list(result.shift) if result.shift is not None else None}  # fmt: skip
-                            events_fh.write(json.dumps(line) + "\n")
-                            if event is not None:
-                                line = {"type": "alarm", "event": event, **base, "smoothed": round(smoothed, 4)}
-                                events_fh.write(json.dumps(line) + "\n")
-                        if kind is not None:
-                            img = overlay(frame.image, result.map, thr, score=result.score, bbox=result.bbox,
-                                          alarm=alarm)  # fmt: skip
-                            if kind == "image":
-                                if counts["frames"] > 1:
-                                    raise UsageError(
-                                        f"{output}: an image output takes one frame; use a folder or video"
-                                    )
-                                write_image(output, img)  # type: ignore[arg-type]
-                            elif isinstance(sink, FolderSink):
-                                sink.write(img, name=frame.name, index=frame.index)
-                            elif sink is not None:
-                                sink.write(img)
-                    if report:
-                        report(seen, None)
-                if sink is not None:
-                    sink.close()
-                    sink = None
-        except BaseException:
-            if sink is not None:
-                sink.abort()
-            raise
-        sstats = src.stats
-    elapsed = time.perf_counter() - t0
-    result_stats: dict[str, Any] = {
-        **counts,
-        "frames_in": sstats.frames_read,
-        "frames_bad": sstats.frames_bad,
-        "bad_files": list(sstats.bad_files),
-        "truncated": bool(sstats.truncated),
-        "alarm_active_at_end": hyst.alarm,
-        "threshold": thr,
-        "max_score": max_score if counts["frames"] else None,
-        "per_location": scorer.stats is not None,
-        "fps": counts["frames"] / elapsed if elapsed > 0 else 0.0,
-        "stages": clock.summary(),
-        "output": str(output) if output is not None else None,
-        "events": str(events_path) if events_path is not None else None,
-    }
-    problems = []
-    if sstats.frames_bad:
-        problems.append(f"{sstats.frames_bad} input(s) could not be read ({', '.join(sstats.bad_files[:3])})")
-    if sstats.truncated:
-        problems.append(f"the video ended early ({sstats.last_error or 'truncated'})")
-    if counts["frames_error"]:
-        problems.append(f"{counts['frames_error']} frame(s) gave NaN/Inf outputs and were not scored")
-    if counts["frames"] == 0 and not problems:
-        problems.append("no frame could be read")
-    if problems:
-        result_stats["error"] = f"{input_spec}: " + "; ".join(problems) + f"; {counts['frames']} frame(s) scored"
-        err = BadDataError(result_stats["error"])
-        err.stats = result_stats  # type: ignore[attr-defined]  # the CLI can still print what was done
-        raise err
-    return result_stats
+
+    kind = "anomaly"
+
+    def __init__(self, scorer: AnomalyScorer, *, smooth: bool = True, annotate: bool = False,
+                 hysteresis: Hysteresis | None = None):  # fmt: skip
+        self.scorer = scorer
+        self.hyst = (hysteresis or Hysteresis()) if smooth else None
+        self.annotate = annotate
+        self.counts = {"frames": 0, "anomalous_frames": 0, "alarms": 0}
+        self.max_score = -math.inf
+        self.max_side = scorer.graph.info.max_side
+
+    def process(self, frame: Any) -> Outcome:
+        image = check_frame(frame.image, self.max_side)
+        analysis = self.scorer.analyse(image)
+        t0 = time.perf_counter()
+        result = self.scorer.finish(analysis)
+        thr = self.scorer.threshold
+        if self.hyst is not None:
+            smoothed, alarm, change = self.hyst.update(result.score, thr)
+        else:
+            smoothed, alarm, change = result.score, result.above, None
+        self.counts["frames"] += 1
+        self.counts["anomalous_frames"] += int(result.above)
+        self.counts["alarms"] += int(change == "start" or (self.hyst is None and result.above))
+        self.max_score = max(self.max_score, result.score)
+        event = {"score": round(result.score, 4), "raw": round(result.raw, 6), "smoothed": round(smoothed, 4),
+                 "threshold": round(thr, 4), "above_threshold": result.above, "alarm": bool(alarm),
+                 "bbox": list(result.bbox) if result.bbox is not None else None,
+                 "shift": list(result.shift) if result.shift is not None else None}  # fmt: skip
+        extra = [{"type": "alarm", "event": change, "smoothed": round(smoothed, 4)}] if change else []
+        out = Outcome(event=event, extra=extra)
+        if self.annotate:
+            out.image = overlay(image, result.map, thr, score=result.score, bbox=result.bbox, alarm=bool(alarm))
+        out.stages["postprocess"] = (time.perf_counter() - t0) * 1000
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.counts, "alarm_active_at_end": bool(self.hyst.alarm) if self.hyst else False,
+                "threshold": self.scorer.threshold, "per_location": self.scorer.stats is not None,
+                "max_score": self.max_score if self.counts["frames"] else None,
+                "providers": list(self.scorer.graph.providers)}  # fmt: skip

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .errors import BadDataError, ModelRejectedError, UsageError
+from .errors import FrameError, ModelRejectedError, UsageError
 
 if TYPE_CHECKING:
     from .model import GraphInfo, IOSpec
@@ -54,7 +54,7 @@ class FallbackWarning(RuntimeWarning):
     """The session runs on other providers than requested (only with ``allow_fallback``)."""
 
 
-class NonFiniteOutput(BadDataError):
+class NonFiniteOutput(FrameError):
     """A float output holds NaN or Inf (e.g. FP16 overflow): flag the frame, do not score it (case 18)."""
 
     def __init__(self, message: str, output: str):
