@@ -222,15 +222,17 @@ def plot_rd(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path: str | os.PathLike,
     title: str = "Rate-distortion",
+    ylabel: str = "PSNR (dB)",
 ) -> Path:
-    """Rate-distortion curves: ``{name: (bpp list, psnr list)}``, PSNR (dB) against bits per pixel."""
+    """Rate-distortion curves: ``{name: (bpp list, quality list)}``, quality (PSNR in dB unless ``ylabel`` names
+    another metric) against bits per pixel."""
     fig = _figure()
     ax = fig.add_subplot()
     for name, (bpp, ps) in curves.items():
         order = np.argsort(np.asarray(bpp, dtype=float))
         ax.plot(np.asarray(bpp, float)[order], np.asarray(ps, float)[order], marker="o", ms=3, label=name)
     ax.set_xlabel("bits per pixel")
-    ax.set_ylabel("PSNR (dB)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
