@@ -28,7 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.anomaly import AnomalyScorer, fit_calibration
+from edge_runtime.anomaly import AnomalyScorer
+from edge_runtime.calibration import fit_calibration
 from edge_runtime.errors import UsageError
 from training.defects import DEFECT_KINDS, paste_defect
 from training.metrics import auroc

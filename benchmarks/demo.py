@@ -144,7 +144,7 @@ def run_demo(
     # Anomaly: calibrate a copy of the generic model on a fixed camera, then score frames with pasted defects.
     ano_model = models / "anomaly"
     if (ano_model / "manifest.json").is_file():
-        from edge_runtime.anomaly import calibrate
+        from edge_runtime.calibration import calibrate
         from edge_runtime.commands import score_source
         from training.defects import paste_defect
 

@@ -271,7 +271,7 @@ def calibrate(model, source, n, per_location, precision, device, allow_fallback,
     numpy only (no PyTorch); the bundle's manifest and statistics are rewritten atomically, so an interrupted
     calibration leaves the previous model intact.
     """
-    from edge_runtime.anomaly import calibrate as run_calibration
+    from edge_runtime.calibration import calibrate as run_calibration
     from edge_runtime.sources import open_source
 
     with open_source(source) as src:

@@ -204,7 +204,7 @@ CALIBRATION_RANGES: dict[str, Range] = {
 # EXPORT_THRESHOLD_FLOOR: `edgeae export` (export.metadata.anomaly_calibration) on the training run's validation
 #   images with the graph's own global score: threshold = max(3.0, 99th percentile of the normalised scores).
 #   Generic images, a generic score: the percentile carries the tail, and 3 std is the textbook least.
-# DEVICE_THRESHOLD_FLOOR: `edgeae calibrate` (edge_runtime.anomaly.fit_calibration) on the device's own camera,
+# DEVICE_THRESHOLD_FLOOR: `edgeae calibrate` (edge_runtime.calibration.fit_calibration) on the device's own camera,
 #   per location: threshold = max(4.0, 1.1 x the highest held-out normalised score). Only a few held-out frames
 #   (2 of 10 at the least) do not show the tail, heavier than a Gaussian's; measured with the benchmark's camera
 #   (benchmarks/anomaly_bench.py, 400 normal and 400 defective test frames): false alarms 2.5 % at 3, 1.5 % at 4,

@@ -15,16 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.anomaly import (
-    STATS_NAME,
-    THRESHOLD_FLOOR,
-    AnomalyScorer,
-    FrameAligner,
-    Hysteresis,
-    LocationStats,
-    calibrate,
-    overlay,
-)
+from edge_runtime.anomaly import STATS_NAME, AnomalyScorer, Hysteresis, LocationStats
+from edge_runtime.calibration import THRESHOLD_FLOOR, calibrate
+from edge_runtime.overlay import overlay
+from edge_runtime.registration import FrameAligner
 from edge_runtime.commands import score_source
 from edge_runtime.errors import BadDataError, ModelRejectedError
 from edge_runtime.model import load_bundle

@@ -150,7 +150,7 @@ def test_torchscript_exporter_limit_is_the_writers_max():
 def test_agree_threshold_floors():
     """Two floors, two names: export's 3.0 and calibrate's 4.0 come from the contract, and the rules written into
     manifests quote them."""
-    from edge_runtime import anomaly
+    from edge_runtime import calibration as anomaly
 
     md = pytest.importorskip("export.metadata")
     assert contract.EXPORT_THRESHOLD_FLOOR == 3.0 and contract.DEVICE_THRESHOLD_FLOOR == 4.0
