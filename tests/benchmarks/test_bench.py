@@ -547,6 +547,14 @@ def test_help_text() -> None:
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
+def test_cli_still_exports_the_bench_api() -> None:
+    """benchmarks.gpu_check (and scripts written before the split) import the bench API from benchmarks.cli."""
+    from benchmarks import bench_report, cli, config, goals, run
+
+    assert cli.BenchConfig is config.BenchConfig and cli.run_bench is run.run_bench and cli.Progress is run.Progress
+    assert cli.write_outputs is bench_report.write_outputs and cli.compute_goals is goals.compute_goals
+
+
 def test_timed_loop_and_interleaved_respect_repeat_and_budget() -> None:
     import time
 
@@ -601,7 +609,7 @@ def _torch_cuda_row(model: str, graph: str, res: str, torch_ms: float, ort: dict
 
 
 def test_gpu_goal_compares_edgeae_fp16_with_pytorch_fp16_per_model_and_resolution() -> None:
-    from benchmarks.cli import compute_goals
+    from benchmarks.goals import compute_goals
 
     results = {
         "torch": [
@@ -626,7 +634,8 @@ def test_cuda_only_run_skips_the_cpu_comparisons(tiny: tuple[Path, Path], tmp_pa
     """Without a GPU: a run asked for cuda alone (here onnxruntime's CPU provider stands in for CUDA) measures
     no CPU-side comparison and says so, and runs the pipeline on the requested device."""
     import edge_runtime.session as sess
-    from benchmarks.cli import BenchConfig, run_bench
+    from benchmarks.config import BenchConfig
+    from benchmarks.run import run_bench
 
     monkeypatch.setitem(sess.DEVICE_PROVIDERS, "cuda", [sess.CPU])
     monkeypatch.setitem(lat.DEVICE_PROVIDER, "cuda", sess.CPU)
@@ -652,7 +661,9 @@ def test_cuda_only_run_skips_the_cpu_comparisons(tiny: tuple[Path, Path], tmp_pa
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime has no CUDAExecutionProvider here")
 def test_bench_on_cuda_measures_against_pytorch_fp16(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    from benchmarks.cli import BenchConfig, run_bench, write_outputs
+    from benchmarks.bench_report import write_outputs
+    from benchmarks.config import BenchConfig
+    from benchmarks.run import run_bench
 
     models, ckpts = tiny
     cfg = BenchConfig.quick_defaults(
