@@ -59,6 +59,7 @@ CALIBRATION_RULE = (
     f"threshold = max({DEVICE_THRESHOLD_FLOOR}, 1.1 x the highest normalised held-out score)."
 )
 
+
 def _progress_fn(progress: Any, what: str) -> Callable[[int, int | None], None] | None:
     """``progress``: None/False (quiet), True (a line on stderr now and then) or a callable(done, total)."""
     if not progress:

@@ -30,9 +30,6 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "bench": ("benchmarks.cli", "bench", "Measure latency and quality against PyTorch, OpenCV and other runtimes."),
     "demo": ("benchmarks.demo", "demo", "Run every task on a synthetic camera video with the default models."),
-    # embed imports runtime_options from this module, so it is loaded lazily like the others.
-    "embed": ("edge_runtime.embed", "embed", "Embed frames as latent vectors (.npy + index); --plot draws a PCA map."),
-    "similar": ("edge_runtime.embed", "similar", "Nearest frames of an embedding file by cosine similarity."),
 }
 TORCH_SIDE = {"torch", "onnx", "onnxscript", "safetensors", "onnxruntime.quantization"}
 DEVICES = ["auto", "cpu", "cuda", "tensorrt", "openvino", "openvino-bf16", "coreml", "xnnpack"]
@@ -362,6 +359,70 @@ def run(model, source, show, serve, token, insecure, record, events, stats_path,
     with _reporting(None):
         stats = run_pipeline(opts)
     _print_stats(stats, None)
+
+
+@cli.command("embed")
+@click.argument("model", type=click.Path())
+@click.argument("input", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="OUT.npy: float32 (frames x dims); OUT.index.jsonl goes beside it; both atomic.")  # fmt: skip
+@click.option("--grid", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Pool a GxG grid of cells (C*G*G values) instead of one global average (C values).")  # fmt: skip
+@click.option("--normalize", is_flag=True, help="Scale every vector to unit L2 norm.")
+@click.option("--plot", type=click.Path(), default=None,
+              help="Also draw a 2-D PCA map of the frames with thumbnails (.png or .jpg).")  # fmt: skip
+@click.option("--thumbnails", type=click.IntRange(0, 5000), default=200, show_default=True,
+              help="Most thumbnails drawn on the map (evenly spread over the frames; the rest are dots).")  # fmt: skip
+@click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
+@runtime_options
+def embed(model, input, output, grid, normalize, plot, thumbnails, max_frames, precision, device, allow_fallback,
+          threads):  # fmt: skip
+    """Embed every frame of INPUT as one vector from MODEL's encoder: a compact summary for search and maps.
+
+    MODEL is a compression bundle (its encoder's latent) or an anomaly bundle (its features). INPUT is an
+    image, a folder, a glob (quoted), a video or a camera (with --max-frames). Each frame's latent is averaged
+    over space (or over a coarse --grid), giving one float32 row of OUT.npy; OUT.index.jsonl maps each row to
+    its file name, or frame index and time, after a header naming the model. Corrupt images are skipped and
+    counted; the run then exits 3 after writing the others. Find neighbours with `edgeae similar`.
+    """
+    from edge_runtime.commands import embed_source
+
+    with _reporting(None, summary=True):
+        stats = embed_source(model, input, output, grid=grid, normalize=normalize, plot=plot, precision=precision,
+                             device=device, threads=threads, allow_fallback=allow_fallback, max_frames=max_frames,
+                             thumbnails=thumbnails, progress=True)  # fmt: skip
+    _print_summary(stats)
+
+
+@cli.command("similar")
+@click.argument("embeddings", type=click.Path())
+@click.option("--query", required=True, metavar="IMAGE|ROW",
+              help="A row of EMBEDDINGS (0-based) or an image file, embedded with --model.")  # fmt: skip
+@click.option("-k", "--k", "k", type=int, default=5, show_default=True, help="How many neighbours to print.")
+@click.option("--model", type=click.Path(), default=None,
+              help="The model EMBEDDINGS were made with; needed when --query is an image (checked by id).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per neighbour instead of a table.")
+@runtime_options
+def similar(embeddings, query, k, model, as_json, precision, device, allow_fallback, threads):
+    """Print the frames of EMBEDDINGS (an OUT.npy of `edgeae embed`) closest to a query, by cosine similarity.
+
+    The query is a row number (the row itself is left out) or an image, which is embedded with --model the
+    same way (grid and normalisation come from OUT.index.jsonl). A model other than the one the embeddings
+    were made with is refused (exit 4); a row out of range or k < 1 exits 2; missing or corrupt files exit 3.
+    """
+    from edge_runtime.commands import similar_frames
+    from edge_runtime.embed_index import describe_entry
+
+    result = similar_frames(embeddings, query, k, model=model, precision=precision, device=device,
+                            threads=threads, allow_fallback=allow_fallback)  # fmt: skip
+    if as_json:
+        for hit in result["neighbours"]:
+            click.echo(json.dumps(hit, sort_keys=True))
+        return
+    q = result["query"]
+    click.echo(f"query: {q['image']}" if "image" in q else f"query: row {q['row']} ({describe_entry(q)})")
+    for hit in result["neighbours"]:
+        click.echo(f"{hit['rank']:>3}  row {hit['row']:>6}  cos {hit['similarity']:+.4f}  {describe_entry(hit)}")
 
 
 def main() -> None:

@@ -422,3 +422,115 @@ def run_pipeline(opts: RunOptions, on_frame: Any = None) -> dict:
     finally:  # also when the source was lost or frames were skipped: the stats say what happened
         if opts.stats:
             write_json(opts.stats, stats)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# embed / similar
+
+
+def embed_source(model: Any, input_spec: Any, out_npy: Any, *, grid: int = 1, normalize: bool = False,
+                 plot: Any = None, precision: str = "fp32", device: str = "cpu", threads: int | None = None,
+                 allow_fallback: bool = False, max_frames: int | None = None, thumbnails: int = 200,
+                 progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Embed every frame of ``input_spec`` (image, folder, glob, video, camera) into ``out_npy`` and its index.
+
+    Writes ``OUT.npy`` (float32 (N, D)) and ``OUT.index.jsonl`` atomically, and with ``plot`` a PCA map with up
+    to ``thumbnails`` thumbnails (:class:`~edge_runtime.outputs.EmbeddingsSink`). Unreadable images are skipped
+    and counted: the others are written, then BadDataError (3) with the count. UsageError (2) for a bad output
+    name, grid or plot type.
+    """
+    from edge_runtime.embed import Embedder, EmbedTask
+    from edge_runtime.outputs import EmbeddingsSink
+
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
+        raise UsageError(f"max_frames must be an integer >= 1, got {max_frames!r}")
+    embedder = Embedder(model, precision, device, threads, allow_fallback, grid=grid, normalize=normalize)
+    name = Path(str(input_spec)).name or str(input_spec)
+    title = f"{name}: model {embedder.model_id}, {embedder.output} grid {embedder.grid}"
+    sink = EmbeddingsSink(out_npy, {}, plot=plot, thumbnails=thumbnails, title=title)
+    src = open_source(input_spec)
+    try:
+        for path in (sink.path, sink.plot):
+            if path is not None:
+                check_output(path, "file", _inputs(input_spec, src))
+        sink.header = {**embedder.header(), "source": src.description}
+    except BaseException:
+        src.close()
+        raise
+    routes = [Route(sink, "vector")] + ([Route(sink.thumbnails(), "image")] if plot is not None else [])
+    task = EmbedTask(embedder, keep_frames=plot is not None)
+    res = run_loop(src, task, routes, max_frames=max_frames, keep_on_stop=False,
+                   progress=_progress(f"embed {Path(str(out_npy)).name}", src, progress),
+                   start={"task": "embed", "model": str(model), "source": src.description})  # fmt: skip
+    from edge_runtime.embed_index import index_path
+
+    stats = {**_base_stats(res, src), **task.summary(), "frames": res.frames, "output": str(sink.path),
+             "index": str(index_path(sink.path))}  # fmt: skip
+    if sink.plot is not None:
+        stats["plot"] = str(sink.plot)
+        stats["explained_variance"] = sink.explained
+    return _finish(res, src, stats, str(input_spec))
+
+
+def _parse_row(query: str) -> int | None:
+    text = query.strip()
+    if text.lstrip("+-").isdigit() and not os.path.lexists(query):
+        return int(text)
+    return None
+
+
+def _query_vector(path: Path, embedder: Any) -> Any:
+    """The embedding of one query image (read with the sources' header checks)."""
+    from edge_runtime.sources import IMAGE_EXTENSIONS
+
+    if not os.path.lexists(path):
+        raise BadDataError(f"{path}: no such file")
+    if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UsageError(f"--query {path}: expected an image file or a row number")
+    with open_source(path) as src:
+        frame = next(iter(src), None)
+        if frame is None:
+            raise BadDataError(f"{path}: {src.stats.last_error or 'could not be read'}")
+    return embedder.embed(frame.image)
+
+
+def similar_frames(out_npy: Any, query: Any, k: int = 5, *, model: Any = None, precision: str = "fp32",
+                   device: str = "cpu", threads: int | None = None,
+                   allow_fallback: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The ``k`` rows of an embed output closest to ``query`` (a row number, or an image embedded with ``model``).
+
+    Returns ``{"query": {...}, "neighbours": [{"rank", "row", "similarity", **index entry}, ...]}``; a row
+    query leaves the row itself out. UsageError (2): k < 1, row out of range, an image query without
+    ``model``; ModelRejectedError (4): ``model`` is not the model the embeddings were made with (its id
+    differs); BadDataError (3): missing or corrupt files.
+    """
+    from edge_runtime.embed import Embedder
+    from edge_runtime.embed_index import check_k, cosine_knn, load_embeddings
+    from edge_runtime.errors import ModelRejectedError
+
+    k = check_k(k)
+    matrix, header, entries = load_embeddings(out_npy)
+    row = query if isinstance(query, int) and not isinstance(query, bool) else _parse_row(str(query))
+    if row is not None:
+        if not 0 <= row < len(matrix):
+            raise UsageError(f"--query row {row} is out of range: {out_npy} holds rows 0 to {len(matrix) - 1}")
+        hits = cosine_knn(matrix, matrix[row], k, exclude=row)
+        query_info: dict[str, Any] = {"row": row, **{k_: v for k_, v in entries[row].items() if k_ != "row"}}
+    else:
+        path = Path(str(query))
+        if not os.path.lexists(path):
+            raise BadDataError(f"{path}: no such file")
+        if model is None:
+            raise UsageError("--query is an image: pass --model, the model the embeddings were made with")
+        embedder = Embedder(model, precision, device, threads, allow_fallback, grid=header["grid"],
+                            normalize=header["normalize"])  # fmt: skip
+        if embedder.model_id != header.get("model_id"):
+            raise ModelRejectedError(
+                f"{model}: model id {embedder.model_id}, but {out_npy} was made with model {header.get('model_id')}"
+                " (vectors of different models are not comparable)"
+            )
+        hits = cosine_knn(matrix, _query_vector(path, embedder), k)
+        query_info = {"image": str(query)}
+    neighbours = [{"rank": i + 1, "row": r, "similarity": s, **{k_: v for k_, v in entries[r].items() if k_ != "row"}}
+                  for i, (r, s) in enumerate(hits)]  # fmt: skip
+    return {"query": query_info, "neighbours": neighbours}

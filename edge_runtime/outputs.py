@@ -12,7 +12,8 @@ What every sink promises (RELIABILITY 17, 28, 31, 35):
 - events are a log: appended to the final file, flushed at each line and fsynced at most a second later, so a
   ``kill -9`` loses at most the last second (:class:`EventsSink`).
 
-Sinks know nothing of tasks: the loop hands each one the value it asked for (an image, an event, a record).
+Sinks know nothing of tasks: the loop hands each one the value it asked for (an image, an event, a record, a
+vector) with the frame's index, name and timestamp.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class ImageSink:
         self.image: np.ndarray | None = None
         self.frames = 0
 
-    def write(self, image: np.ndarray, index: int = 0, name: str = "") -> None:
+    def write(self, image: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         if self.image is not None:
             raise UsageError(f"{self.path}: an image output takes one frame; write a folder or a video")
         self.image = image
@@ -182,7 +183,7 @@ class FolderSink:
             self.stage = tmp
         return self.stage
 
-    def write(self, image: np.ndarray, index: int = 0, name: str = "") -> None:
+    def write(self, image: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         target = self._stage() / frame_file_name(index, name, self.ext)
         data = encode_image(target, image)
         try:
@@ -271,7 +272,7 @@ class VideoSink:
             raise OutputError(f"{self.path}: OpenCV cannot write {VIDEO_FOURCC[ext]} video here; write a folder")
         self.size = (w, h)
 
-    def write(self, image: np.ndarray, index: int = 0, name: str = "") -> None:
+    def write(self, image: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         frame = as_bgr(image)
         h, w = frame.shape[:2]
         if self.writer is None:
@@ -329,7 +330,7 @@ class StreamSink:
             raise output_error(self.path, exc) from None
         self.frames = 0
 
-    def write(self, record: Any, index: int = 0, name: str = "") -> None:
+    def write(self, record: Any, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         try:
             self.writer.add(record)
         except OSError as exc:
@@ -370,7 +371,7 @@ class EventsSink:
         self._timer = threading.Thread(target=self._sync_loop, name="edgeae-events-fsync", daemon=True)
         self._timer.start()
 
-    def write(self, event: dict, index: int = 0, name: str = "") -> None:
+    def write(self, event: dict, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         line = json.dumps(event, separators=(",", ":"), default=_json_default) + "\n"
         with self._lock:
             try:
@@ -434,7 +435,7 @@ class ViewSink:
         self.server = server
         self.frames = 0
 
-    def write(self, image: np.ndarray, index: int = 0, name: str = "") -> None:
+    def write(self, image: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         self.server.publish(as_bgr(image))
         self.frames += 1
 
@@ -452,7 +453,7 @@ class WindowSink:
         self.title = title
         self.frames = 0
 
-    def write(self, image: np.ndarray, index: int = 0, name: str = "") -> None:
+    def write(self, image: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         cv2.imshow(self.title, image)
         self.frames += 1
         if cv2.waitKey(1) & 0xFF in (27, ord("q")):
@@ -469,3 +470,75 @@ class WindowSink:
 def now_wall() -> float:
     """Wall-clock seconds since the epoch, rounded to milliseconds, for event lines."""
     return round(time.time(), 3)
+
+
+class EmbeddingsSink:
+    """Vectors into ``OUT.npy`` (float32 (N, D)) and ``OUT.index.jsonl`` (:mod:`edge_runtime.embed_index`), both
+    written atomically on close(), the index after the vectors; with ``plot`` a PCA map with thumbnails.
+
+    ``header``: what the index's header line records about the model (the embedder's ``header()``). Thumbnails
+    need the frames: the loop routes the input frame's ``view`` to :meth:`add_thumbnail` when ``plot`` is set.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict, *, plot: str | os.PathLike | None = None,
+                 thumbnails: int = 200, title: str = ""):  # fmt: skip
+        from edge_runtime import embed_index as ei
+
+        self.ei = ei
+        self.path = ei.check_out_path(path)
+        self.plot = ei.check_plot_path(plot) if plot is not None else None
+        self.header = dict(header)
+        self.keeper = ei.ThumbnailKeeper(thumbnails) if self.plot is not None else None
+        self.title = title
+        self.vectors: list[np.ndarray] = []
+        self.entries: list[dict] = []
+        self.frames = 0
+        self.explained: list[float] | None = None
+
+    def write(self, vector: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
+        self.entries.append(self.ei.row_entry(len(self.vectors), index, name, timestamp))
+        self.vectors.append(vector)
+        self.frames += 1
+
+    def thumbnails(self) -> _Thumbnails:
+        """A sink for the input frames (route it after this one): the map's thumbnails."""
+        return _Thumbnails(self)
+
+    def close(self) -> None:
+        if not self.vectors:
+            return
+        ei = self.ei
+        matrix = np.stack(self.vectors).astype(np.float32)
+        header = {**self.header, "rows": len(matrix), "dim": int(matrix.shape[1]), "sha256": ei.matrix_sha256(matrix)}
+        lines = [json.dumps(header, sort_keys=True)] + [json.dumps(e, sort_keys=True) for e in self.entries]
+        try:
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, matrix, allow_pickle=False)
+            with atomic_path(ei.index_path(self.path)) as tmp:
+                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            if self.plot is not None:
+                points, ratio = ei.pca(matrix)
+                ei.plot_map(points, self.keeper.as_list(len(matrix)) if self.keeper else None, self.plot,
+                            title=f"{self.title}: {len(matrix)} frames",
+                            axis_labels=(f"PC1 ({ratio[0]:.0%} of variance)", f"PC2 ({ratio[1]:.0%})"))  # fmt: skip
+                self.explained = [float(r) for r in ratio]
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
+
+    def abort(self) -> None:
+        self.vectors, self.entries = [], []
+
+
+class _Thumbnails:
+    def __init__(self, owner: EmbeddingsSink):
+        self.owner = owner
+
+    def write(self, image: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
+        if self.owner.keeper is not None:
+            self.owner.keeper.add(len(self.owner.vectors) - 1, image)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass

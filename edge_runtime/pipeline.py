@@ -93,7 +93,7 @@ def _deliver(outcome: Outcome, frame: Any, routes: list[Route], events: _Events,
                 continue
             value = outcome.get(route.field)
             if value is not None:
-                route.sink.write(value, int(frame.index), getattr(frame, "name", ""))
+                route.sink.write(value, int(frame.index), getattr(frame, "name", ""), float(frame.timestamp))
 
 
 def _iterate(source: Any, task: Task, routes: list[Route], res: LoopResult, events: _Events,

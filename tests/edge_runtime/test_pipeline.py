@@ -116,7 +116,8 @@ def test_live_view_shows_the_alarm_and_the_scorers_box(make_bundle, tmp_path, mo
     monkeypatch.setattr(anomaly, "overlay", spy)
     ev = tmp_path / "ev.jsonl"
     bundle = make_bundle(("anomaly",), metadata={"edgeae.anomaly.threshold": "100"})
-    stats = run_pipeline(RunOptions(model=str(bundle), source=str(clip), events=str(ev), record=str(tmp_path / "r.avi")))
+    rec = tmp_path / "r.avi"
+    stats = run_pipeline(RunOptions(model=str(bundle), source=str(clip), events=str(ev), record=str(rec)))
     frames = [json.loads(x) for x in ev.read_text().splitlines() if '"type":"frame"' in x]
     assert stats["frames_processed"] == 10 and len(calls) == 10
     assert [c["alarm"] for c in calls] == [f["alarm"] for f in frames] and any(f["alarm"] for f in frames)
