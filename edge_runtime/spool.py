@@ -26,6 +26,7 @@ import time
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 from edge_runtime.errors import OutputError, UsageError
 
@@ -99,7 +100,12 @@ class Spool:
         self.recovered: int | None = None  # rows kept from a damaged file, when one was found on open
         self._lock = threading.Lock()
         self._last_warn = 0.0
-        self._conn = self._open()
+        self._owner = _lock_file(self.path)
+        try:
+            self._conn = self._open()
+        except BaseException:
+            self._owner.close()
+            raise
         count, size, last = self._conn.execute("SELECT COUNT(*), TOTAL(size), MAX(id) FROM queue").fetchone()
         self._count, self._bytes, self.last_id = int(count), int(size), int(last or 0)
         self._dirty = False
@@ -317,12 +323,36 @@ class Spool:
             finally:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
+                self._owner.close()
 
     def __enter__(self) -> Spool:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock_file(path: Path) -> Any:
+    """Hold ``<path>.lock`` exclusively for as long as the spool is open: two processes publishing from one spool
+    would send every message twice. The kernel releases it when the process dies, ``kill -9`` included."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a+")  # noqa: SIM115 - held open for the spool's life
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        import fcntl  # POSIX only: elsewhere the spool is simply not guarded
+    except ImportError:
+        return fh
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise UsageError(f"{path}: the spool is in use by another edgeae process; give each run its own") from None
+    except OSError:
+        pass  # a file system without locks: go on unguarded
+    return fh
 
 
 def _looks_damaged(exc: sqlite3.Error) -> bool:

@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -136,7 +135,7 @@ def test_a_truncated_file_is_recovered_with_one_line(tmp_path):
     payloads = [p for _, _, p in q.peek(10**6)]
     numbers = [int(p.split()[1]) for p in payloads]
     assert numbers == sorted(set(numbers))  # what was readable, in order, each once
-    assert all(p == b"event %05d " % k + b"." * 200 for k, p in zip(numbers, payloads))
+    assert all(p == b"event %05d " % k + b"." * 200 for k, p in zip(numbers, payloads, strict=True))
     assert q.put("cam/frame", b"after") > 0 and q.depth() == len(payloads) + 1  # and it works again
     q.close()
     assert (tmp_path / "spool.db.damaged").exists()  # kept for a post-mortem
@@ -192,3 +191,16 @@ def test_an_unwritable_spool_path_is_an_output_error(tmp_path):
     with pytest.raises(OutputError) as err:
         Spool(tmp_path / "file" / "spool.db")
     assert err.value.exit_code == 3 and "spool.db" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_spool_one_process(tmp_path):
+    """Two publishers on one spool would send everything twice: the second open is refused until the first
+    closes (or dies: the kernel drops the lock, as the kill -9 test shows by reopening)."""
+    path = tmp_path / "spool.db"
+    first = Spool(path)
+    with pytest.raises(UsageError, match="in use by another edgeae process"):
+        Spool(path)
+    first.put("t", b"x")
+    first.close()
+    with Spool(path) as again:
+        assert again.depth() == 1
