@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DATA    ?= ../shared/data
 
-.PHONY: demo test test-fast lint bench models arm-check clean
+.PHONY: demo test test-fast deps-system lint bench models arm-check clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/edgeae demo --out demo-out
 
-test: $(STAMP)
+# System programs the tests run for real (Debian packages; installed as root when missing).
+deps-system:
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || (apt-get update && apt-get install -y mosquitto)
+
+test: $(STAMP) deps-system
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) deps-system
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
