@@ -7,6 +7,7 @@ them into a bundle.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,10 +15,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge_runtime.anomaly import (
@@ -26,21 +30,28 @@ from edge_runtime.anomaly import (
     DEFAULT_WEIGHTS,
     AnomalyScorer,
     LocationStats,
-    _Analysis,
 )
 from edge_runtime.contract import DEVICE_THRESHOLD_FLOOR, STATS_NAME
-from edge_runtime.errors import BadDataError, ModelRejectedError, UsageError
-from edge_runtime.io import atomic_path, atomic_write_text
+from edge_runtime.errors import BadDataError, ModelRejectedError, UsageError, output_error
+from edge_runtime.io import atomic_path, atomic_write_text, fsync_dir, umask
 from edge_runtime.model import MANIFEST_NAME, Bundle, load_bundle
 from edge_runtime.registration import FrameAligner
 
 # Calibration needs at least this many frames: 8 to fit, 2 held out. Fewer than asked for but at least this
 # many (a short video) still calibrates, and the summary says so.
 MIN_CALIBRATION_FRAMES = 10
-# Every HOLDOUT_EVERY-th frame (20 %) is held out: the statistics are fitted on the others, the score
-# normalisation and the threshold on these. Interleaved rather than the last 20 %: a scene drifts (daylight),
-# and the threshold should see the same conditions the statistics saw.
-HOLDOUT_EVERY = 5
+# The last 20 % of the calibration frames in time are held out: the statistics are fitted on the earlier 80 %, the
+# score normalisation and the threshold on this block. A block of time, not interleaved frames: on a busy street
+# every 5th frame of the same seconds is a near-copy of its neighbours and set a threshold every later frame
+# exceeded (issue 16: all 40 frames after calibration alarmed).
+HOLDOUT_FRACTION = 0.2
+# A scene has contrast and changes: frames whose std (grey levels) stays under this are blank or black, and a run
+# of frames that never differ by more than this mean absolute change (on a 64x36 copy) comes from a frozen camera.
+MIN_SCENE_STD = 2.0
+# The held-out block's normalised scores should not trend: quarter means further apart than this (units of the
+# block's own spread) mean the scene was still changing when calibration stopped.
+MAX_HELD_OUT_DRIFT = 2.0
+MIN_FRAME_CHANGE = 0.05
 # Threshold in normalised units: max(DEVICE_THRESHOLD_FLOOR, THRESHOLD_MARGIN * highest held-out normalised
 # score). The floor is 4, not the 3 of `edgeae export`: edge_runtime.contract says why (a few held-out frames do
 # not show the tail; measured false alarms 2.5 % at 3 std, 1.5 % at 4), and the Hysteresis (2 frames to raise an
@@ -54,8 +65,9 @@ VARIANCE_FLOOR = 0.1
 # held-out frames their sample std can be tiny by chance and would make every later frame an outlier.
 MIN_NORM_STD = 0.25
 CALIBRATION_RULE = (
-    "edgeae calibrate on the device: every 5th normal frame held out; statistics (per-location Gaussians, or the "
-    "graph score's mean and std) fitted on the others; per-location: norm_mean/norm_std from the held-out scores; "
+    "edgeae calibrate on the device: normal frames spread over time, the last 20 % of the span held out; "
+    "statistics (per-location Gaussians, or the graph score's mean and std) fitted on the earlier 80 %; "
+    "per-location: norm_mean/norm_std from the held-out scores; "
     f"threshold = max({DEVICE_THRESHOLD_FLOOR}, 1.1 x the highest normalised held-out score)."
 )
 
@@ -112,9 +124,145 @@ def _unit_scale(values: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(max(v.std(), 1e-6))
 
 
+@dataclass
+class _Collected:
+    """What one pass over the calibration frames leaves: running sums of everything but the held-out tail,
+    the held-out tail's grids (a ring of the last frames), and checks of the frames themselves."""
+
+    per_location: bool
+    holdout: int
+    fit_ssim: _Moments = field(default_factory=lambda: _Moments())
+    fit_feat: _Moments = field(default_factory=lambda: _Moments())
+    scores: list[float] = field(default_factory=list)
+    tail: deque = field(default_factory=deque)  # (analysis, graph score) of the newest ``holdout`` frames
+    size: tuple[int, int] | None = None
+    reference: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    aligner: FrameAligner | None = None
+    count: int = 0
+    times: list[float] = field(default_factory=list)
+    looks: list[tuple[float, float, float]] = field(default_factory=list)  # (mean, std, mean abs diff to previous)
+    _thumb: np.ndarray | None = None
+
+    def look(self, frame: np.ndarray) -> None:
+        small = cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA).astype(np.float32)
+        diff = float(np.abs(small - self._thumb).mean()) if self._thumb is not None else float("inf")
+        self._thumb = small
+        self.looks.append((float(small.mean()), float(frame.std()), diff))
+
+
+def _frame_and_time(item: Any, position: int) -> tuple[np.ndarray, float]:
+    """A calibration item: a :class:`~edge_runtime.sources.Frame` (its timestamp) or an image (its position)."""
+    image = getattr(item, "image", item)
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        raise BadDataError(f"calibration frame {position} is not an image array ({type(image).__name__})")
+    return image, float(getattr(item, "timestamp", position))
+
+
+def _add(c: _Collected, scorer: AnomalyScorer, image: np.ndarray) -> None:
+    hw = (int(image.shape[0]), int(image.shape[1]))
+    if c.size is None:
+        c.size = hw
+        if c.per_location:
+            c.reference = FrameAligner.reference_of(image)
+            c.aligner = FrameAligner(c.reference, hw) if c.reference.size else None
+    elif c.per_location and hw != c.size:
+        raise BadDataError(
+            f"calibration frame {c.count} is {hw[1]}x{hw[0]}, the first was {c.size[1]}x{c.size[0]}: "
+            "per-location statistics need frames of one size (use --global-only for mixed sizes)"
+        )
+    c.look(image)
+    a = scorer.analyse(image, c.aligner)
+    if c.per_location:
+        a.amap = a.amap[:0]  # not needed again: keep only the grids
+    c.tail.append((a, a.graph_score))
+    if len(c.tail) > c.holdout:  # leaves the held-out tail: it belongs to the fitted part
+        old, score = c.tail.popleft()
+        c.scores.append(score)
+        if c.per_location:
+            c.fit_ssim.add(old.ssim_grid)
+            c.fit_feat.add(old.features)
+    c.count += 1
+
+
+def _collect(scorer: AnomalyScorer, frames: Iterable[Any], n: int, per_location: bool, report: Any) -> _Collected:
+    c = _Collected(per_location, holdout=max(2, round(n * HOLDOUT_FRACTION)))
+    for item in frames:
+        if c.count >= n:
+            break
+        image, t = _frame_and_time(item, c.count)
+        _add(c, scorer, image)
+        c.times.append(t)
+        if report:
+            report(c.count, n)
+    if c.count < MIN_CALIBRATION_FRAMES:
+        raise BadDataError(
+            f"calibration got {c.count} frame(s) from the source, fewer than the {MIN_CALIBRATION_FRAMES} it needs"
+        )
+    # A short source: hold out the last 20 % of what came (the ring holds more), fit on the rest.
+    keep = max(2, round(c.count * HOLDOUT_FRACTION))
+    while len(c.tail) > keep:
+        old, score = c.tail.popleft()
+        c.scores.append(score)
+        if per_location:
+            c.fit_ssim.add(old.ssim_grid)
+            c.fit_feat.add(old.features)
+    _check_scene(c)
+    return c
+
+
+def _check_scene(c: _Collected) -> None:
+    """A black or frozen camera is not a scene to learn (BadDataError, exit 3)."""
+    means, stds, diffs = (np.array(v) for v in zip(*c.looks, strict=True))
+    if float(stds.max()) < MIN_SCENE_STD:
+        raise BadDataError(
+            f"calibration frames are blank (brightness {means.mean():.1f}, contrast {stds.max():.2f}): the camera "
+            "is covered, black or not delivering a picture; calibrate on the scene itself"
+        )
+    if float(diffs[1:].max()) < MIN_FRAME_CHANGE:
+        raise BadDataError(
+            f"all {c.count} calibration frames are the same picture (largest change {diffs[1:].max():.3f} grey "
+            "levels): the camera looks frozen; calibrate on a live picture"
+        )
+
+
+def _fit_location_stats(scorer: AnomalyScorer, c: _Collected, weights: tuple[float, float],
+                        combine: str) -> tuple[LocationStats, np.ndarray]:  # fmt: skip
+    """Statistics from the fitted frames; their unit scales and the raw scores of the held-out tail."""
+    assert c.size is not None
+    s_mean, s_std = c.fit_ssim.mean_std((0, 1))
+    f_mean, f_std = c.fit_feat.mean_std((1, 2))
+    held = [a for a, _ in c.tail]
+    provisional = LocationStats(c.size, s_mean, s_std, f_mean, f_std, np.array([[0.0, 1.0], [0.0, 1.0]]),
+                                np.asarray(weights, np.float64), c.fit_feat.n)  # fmt: skip
+    terms = [scorer._terms(a, provisional) for a in held]
+    term_norm = np.array([_unit_scale(np.stack([t[0] for t in terms])), _unit_scale(np.stack([t[1] for t in terms]))])
+    stats = LocationStats(c.size, s_mean, s_std, f_mean, f_std, term_norm, np.asarray(weights, np.float64),
+                          c.fit_feat.n, scorer.model_sha256, combine, c.reference)  # fmt: skip
+    return stats, np.array([scorer.raw_map(a, stats)[0] for a in held])  # out of sample
+
+
+def _stability(held_norm: np.ndarray, threshold: float, c: _Collected) -> dict[str, Any]:
+    """How the held-out tail scored, in quarters of its time; a warning when it reached the floor: the scene then
+    changed more within the span than the fitted part saw, and a longer span would set a safer threshold."""
+    parts = [q for q in np.array_split(held_norm, min(4, len(held_norm))) if q.size]
+    quarters = [float(q.max()) for q in parts]
+    drift = float(max(q.mean() for q in parts) - min(q.mean() for q in parts))
+    span = c.times[-1] - c.times[0] if len(c.times) > 1 else 0.0
+    out: dict[str, Any] = {"span_s": round(span, 3), "held_out_max_by_quarter": [round(q, 3) for q in quarters],
+                           "held_out_median": round(float(np.median(held_norm)), 3),
+                           "held_out_drift": round(drift, 3)}  # fmt: skip
+    if float(held_norm.max()) >= DEVICE_THRESHOLD_FLOOR or drift >= MAX_HELD_OUT_DRIFT:
+        out["warning"] = (
+            f"the score still moved within the held-out part of the span (up to {held_norm.max():.1f}, drift "
+            f"{drift:.1f} between its quarters): the scene varies more than a {span:.0f}-s span shows; calibrate "
+            "over a longer span (--duration) so the threshold is set on the variation it will see"
+        )
+    return out
+
+
 def fit_calibration(
     scorer: AnomalyScorer,
-    frames: Iterable[np.ndarray],
+    frames: Iterable[Any],
     *,
     n: int,
     per_location: bool = True,
@@ -124,115 +272,76 @@ def fit_calibration(
 ) -> tuple[dict[str, float], LocationStats | None, dict]:
     """Fit calibration on up to ``n`` normal frames, in memory: ``(calibration, stats or None, summary)``.
 
-    Every 5th frame is held out (:data:`HOLDOUT_EVERY`). Statistics (per-location Gaussians, or for the generic
-    score its mean and std) are fitted on the other 80 %; with per-location statistics the fitted frames would
-    score in-sample (too low), so the score normalisation is then fitted on the held-out frames. The threshold is
-    ``max(4.0, 1.1 x the highest normalised held-out score)``: out-of-sample normal frames stay below it with a
-    10 % margin, and 4 standard deviations is the least it can be. Memory: running sums plus the held-out frames'
-    grids (F+1 floats per 8x8 pixels: about 4 MB per 1080p frame).
-
-    With per-location statistics every frame is first registered to the first one (:class:`FrameAligner`),
-    which becomes the reference stored with the statistics.
+    ``frames``: images ((H, W, 3) uint8 BGR) or :class:`~edge_runtime.sources.Frame` objects, in time order
+    (:func:`spread` takes them spread over time from a source). The last 20 % of them in time are held out
+    (:data:`HOLDOUT_FRACTION`): the statistics (per-location Gaussians, or for the generic score its mean and std)
+    are fitted on the earlier 80 %, the score normalisation and the threshold on the held-out block, so the
+    threshold is set on a stretch of time the statistics never saw. The threshold is
+    ``max(4.0, 1.1 x the highest normalised held-out score)``. The scorer's own statistics are ignored, so a
+    bundle calibrated at another resolution recalibrates. Memory: running sums plus the held-out block's grids.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < MIN_CALIBRATION_FRAMES:
         raise UsageError(f"calibration needs n >= {MIN_CALIBRATION_FRAMES} frames, got {n!r}")
     if combine not in COMBINE_MODES:
         raise UsageError(f"combine must be one of {', '.join(COMBINE_MODES)}, got {combine!r}")
-    report = _progress_fn(progress, "calibrate")
-    fit_ssim, fit_feat = _Moments(), _Moments()
-    fit_scores: list[float] = []
-    held_scores: list[float] = []
-    held: list[_Analysis] = []  # per-location only: the held-out frames' grids
-    size: tuple[int, int] | None = None
-    reference = np.zeros((0, 0), np.float32)
-    aligner: FrameAligner | None = None
-    count = 0
-    for frame in frames:
-        if count >= n:
-            break
-        if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
-            raise BadDataError(f"calibration frame {count} is not an image array ({type(frame).__name__})")
-        hw = (int(frame.shape[0]), int(frame.shape[1]))
-        if size is None:
-            size = hw
-            if per_location:
-                reference = FrameAligner.reference_of(frame)
-                aligner = FrameAligner(reference, size) if reference.size else None
-        elif per_location and hw != size:
-            raise BadDataError(
-                f"calibration frame {count} is {hw[1]}x{hw[0]}, the first was {size[1]}x{size[0]}: "
-                "per-location statistics need frames of one size (use --global-only for mixed sizes)"
-            )
-        a = scorer.analyse(frame, aligner)
-        if count % HOLDOUT_EVERY == HOLDOUT_EVERY - 1:
-            held_scores.append(a.graph_score)
-            if per_location:
-                a.amap = a.amap[:0]  # not needed again: keep only the grids
-                held.append(a)
-        else:
-            fit_scores.append(a.graph_score)
-            if per_location:
-                fit_ssim.add(a.ssim_grid)
-                fit_feat.add(a.features)
-        count += 1
-        if report:
-            report(count, n)
-    if count < MIN_CALIBRATION_FRAMES:
-        raise BadDataError(
-            f"calibration got {count} frame(s) from the source, fewer than the {MIN_CALIBRATION_FRAMES} it needs"
-        )
-    assert size is not None
-
+    scorer = scorer.with_calibration({}, None)  # fit from scratch: any size, any earlier statistics
+    c = _collect(scorer, frames, n, per_location, _progress_fn(progress, "calibrate"))
     stats: LocationStats | None = None
     if per_location:
-        s_mean, s_std = fit_ssim.mean_std((0, 1))
-        f_mean, f_std = fit_feat.mean_std((1, 2))
-        provisional = LocationStats(size, s_mean, s_std, f_mean, f_std, np.array([[0.0, 1.0], [0.0, 1.0]]),
-                                    np.asarray(weights, np.float64), fit_feat.n)  # fmt: skip
-        terms = [scorer._terms(a, provisional) for a in held]
-        term_norm = np.array(
-            [_unit_scale(np.stack([t[0] for t in terms])), _unit_scale(np.stack([t[1] for t in terms]))]
-        )
-        stats = LocationStats(size, s_mean, s_std, f_mean, f_std, term_norm, np.asarray(weights, np.float64),
-                              fit_feat.n, scorer.model_sha256, combine, reference)  # fmt: skip
-        held_raw = np.array([scorer.raw_map(a, stats)[0] for a in held])  # out of sample
+        stats, held_raw = _fit_location_stats(scorer, c, weights, combine)
         norm_mean = float(held_raw.mean())
         # Unit-scale maps: the max of a window mean varies by a fraction of a unit between normal frames.
         norm_std = float(max(held_raw.std(ddof=1) if len(held_raw) > 1 else 0.0, MIN_NORM_STD))
         fit_normalised = np.array([], np.float64)
     else:
-        fit = np.asarray(fit_scores, np.float64)
-        held_raw = np.array(held_scores)
+        fit = np.asarray(c.scores, np.float64)
+        held_raw = np.array([s for _, s in c.tail])
         norm_mean = float(fit.mean())
         norm_std = float(max(fit.std(ddof=1), 0.02 * abs(norm_mean), 1e-6))
         fit_normalised = (fit - norm_mean) / norm_std
     held_norm = (held_raw - norm_mean) / norm_std
     threshold = float(max(DEVICE_THRESHOLD_FLOOR, THRESHOLD_MARGIN * float(held_norm.max())))
     calibration = {"threshold": threshold, "norm_mean": norm_mean, "norm_std": norm_std}
-    flagged = int((held_norm > threshold).sum() + (fit_normalised > threshold).sum())
-    summary = {
-        "frames": count,
-        "frames_requested": n,
-        "short": count < n,
-        "frames_fit": count - len(held_scores),
-        "frames_held_out": len(held_scores),
-        "per_location": per_location,
-        "frame_size": [size[1], size[0]],
-        **calibration,
-        "held_out_max_score": float(held_norm.max()),
-        "calibration_frames_above_threshold": flagged,
-    }
+    assert c.size is not None
+    summary = {"frames": c.count, "frames_requested": n, "short": c.count < n, "frames_fit": c.count - len(c.tail),
+               "frames_held_out": len(c.tail), "per_location": per_location, "frame_size": [c.size[1], c.size[0]],
+               **calibration, "held_out_max_score": float(held_norm.max()),
+               "calibration_frames_above_threshold": int((held_norm > threshold).sum()
+                                                         + (fit_normalised > threshold).sum()),
+               "stability": _stability(held_norm, threshold, c)}  # fmt: skip
     if stats is not None:
-        summary["grid"] = list(stats.grid)
+        summary["grid"] = [stats.grid[1], stats.grid[0]]  # width, height, like frame_size
         summary["feature_channels"] = int(stats.feat_mean.shape[0])
     return calibration, stats, summary
 
 
+def spread(frames: Iterable[Any], n: int, *, every: float = 0.0, duration: float | None = None) -> Iterator[Any]:
+    """Frames of a source spread over time: one at least ``every`` seconds (source time: a video's position, a
+    camera's capture clock) after the last one taken, until ``n`` were taken or ``duration`` seconds passed since
+    the first. Frames in between are read and dropped."""
+    taken, first, last = 0, None, None
+    for frame in frames:
+        t = float(getattr(frame, "timestamp", taken))
+        if first is None:
+            first = t
+        if duration is not None and t - first > duration:
+            return
+        # On a schedule (first + k x every), so a frame rate that is not a multiple of 1/every still gives n frames
+        # over the span; never two frames closer than half a step (after a gap in a live source).
+        if last is None or (t >= first + taken * every - 1e-9 and t - last >= every / 2):
+            last = t
+            taken += 1
+            yield frame
+            if taken >= n:
+                return
+
+
 def calibrate(
     model: str | os.PathLike,
-    frames: Iterable[np.ndarray],
+    frames: Iterable[Any],
     *,
     n: int,
+    out: str | os.PathLike | None = None,
     per_location: bool = True,
     progress: Any = None,
     precision: str = "fp32",
@@ -240,31 +349,87 @@ def calibrate(
     threads: int | None = None,
     allow_fallback: bool = False,
 ) -> dict:
-    """Fit the bundle's calibration on ``n`` normal frames ((H, W, 3) uint8 BGR) and write it into the bundle.
+    """Fit the calibration of the anomaly bundle ``model`` on ``n`` normal frames and write it.
 
-    numpy only. See :func:`fit_calibration` for the rule. Fewer than ``n`` frames (a short video) is accepted
-    when there are at least :data:`MIN_CALIBRATION_FRAMES` (the summary's ``short`` is then true); fewer is a
-    BadDataError (exit 3). With ``per_location`` all frames must have one size (BadDataError otherwise).
+    ``out``: a new bundle folder (must not exist): the model's files, the new statistics and a manifest that
+    records its parent's manifest SHA-256; ``model`` is left untouched. ``out=None`` rewrites ``model`` in place
+    (the CLI asks for ``--in-place``). numpy only; see :func:`fit_calibration` for the rule. Fewer than ``n``
+    frames (a short video) is accepted from :data:`MIN_CALIBRATION_FRAMES` on (the summary's ``short`` is true).
 
-    Writing: ``anomaly_stats.npz`` then ``manifest.json`` (calibration block, the statistics file listed with
-    SHA-256 and size), each to a temp file, fsynced and renamed, the manifest last. If the manifest cannot be
-    replaced, the previous statistics file is put back, so an interrupted calibration leaves the previous
-    model as it was. (A power cut between the two renames would leave a bundle whose statistics fail their
-    SHA-256 check: refused with a clear error, never used silently.) Without ``per_location`` a previous
-    statistics file is unlisted and removed. Returns a summary dict.
+    In place: ``anomaly_stats.npz`` then ``manifest.json``, each to a temp file, fsynced and renamed, the manifest
+    last; if the manifest cannot be replaced the previous statistics are put back. A new bundle is staged in a
+    hidden folder and renamed into place when complete and verified. Returns a summary dict.
     """
-    bundle = load_bundle(model)
-    if bundle.task != "anomaly":
-        raise ModelRejectedError(f"{bundle.root}: a {bundle.task} bundle, not an anomaly model")
-    scorer = AnomalyScorer(bundle, precision=precision, device=device, threads=threads,
+    bundle = _load_for_calibration(model)
+    target = _check_out(bundle, out) if out is not None else None
+    scorer = AnomalyScorer(_without_stats(bundle), precision=precision, device=device, threads=threads,
                            allow_fallback=allow_fallback)  # fmt: skip
     t0 = time.perf_counter()
     calibration, stats, summary = fit_calibration(scorer, frames, n=n, per_location=per_location, progress=progress)
-    _write_calibration(bundle, calibration, stats)
-    load_bundle(bundle.root)  # the rewritten bundle verifies (every SHA-256) before we report success
+    try:
+        if target is None:
+            _write_calibration(bundle, calibration, stats)
+            load_bundle(bundle.root)  # the rewritten bundle verifies (every SHA-256) before we report success
+        else:
+            _write_new_bundle(bundle, target, calibration, stats)
+    except OSError as exc:
+        raise output_error(target or bundle.root, exc) from None
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    summary["model"] = str(bundle.root)
+    summary["model"] = str(target or bundle.root)
+    if target is not None:
+        summary["parent"] = str(bundle.root)
     return summary
+
+
+def _load_for_calibration(model: str | os.PathLike) -> Bundle:
+    """The bundle to calibrate; statistics it lists are not needed (they are replaced), so a missing or stale
+    statistics file does not stop a recalibration."""
+    bundle = load_bundle(model, skip=frozenset({STATS_NAME}))
+    if bundle.task != "anomaly":
+        raise ModelRejectedError(f"{bundle.root}: a {bundle.task} bundle, not an anomaly model")
+    return bundle
+
+
+def _without_stats(bundle: Bundle) -> Bundle:
+    """The bundle as the scorer should see it while calibrating: without the statistics being replaced."""
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest["files"].pop(STATS_NAME, None)
+    return dataclasses.replace(bundle, manifest=manifest)
+
+
+def _check_out(bundle: Bundle, out: str | os.PathLike) -> Path:
+    target = Path(out)
+    if os.path.lexists(target):
+        same = target.resolve() == bundle.root.resolve()
+        raise UsageError(f"{target}: " + ("is the bundle being calibrated; pass a new folder, or --in-place"
+                                          if same else "exists; --out takes a new folder"))  # fmt: skip
+    return target
+
+
+def _write_new_bundle(bundle: Bundle, target: Path, calibration: dict[str, float], stats: LocationStats | None) -> None:
+    """The parent's files (hard links where possible) plus new statistics and manifest, staged then renamed."""
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest["files"].pop(STATS_NAME, None)
+    parent_bytes = (bundle.root / MANIFEST_NAME).read_bytes()
+    manifest["parent"] = {"manifest_sha256": hashlib.sha256(parent_bytes).hexdigest(), "path": str(bundle.root)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        os.chmod(stage, 0o777 & ~umask())
+        for name in manifest["files"]:
+            try:
+                os.link(bundle.root / name, stage / name)
+            except OSError:
+                shutil.copy2(bundle.root / name, stage / name)
+        staged = Bundle(root=stage, manifest=manifest, task=bundle.task, contract=bundle.contract,
+                        calibration=bundle.calibration, _graphs=bundle._graphs)  # fmt: skip
+        _write_calibration(staged, calibration, stats)
+        load_bundle(stage)  # every SHA-256 verifies before the bundle appears
+        os.rename(stage, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def _write_calibration(bundle: Bundle, calibration: dict[str, float], stats: LocationStats | None) -> None:

@@ -397,7 +397,13 @@ def run_pipeline(opts: RunOptions, on_frame: Any = None) -> dict:
     if opts.show and not gui_available():
         raise UsageError("--show: this OpenCV build has no GUI support (opencv-python-headless); use --serve")
     bundle = load_bundle(opts.model)
-    task = build_task(bundle, opts)
+    return run_task(opts, bundle, build_task(bundle, opts), on_frame)
+
+
+def run_task(opts: RunOptions, bundle: Any, task: Any, on_frame: Any = None) -> dict:
+    """:func:`run_pipeline` with the bundle loaded and its task built already (:func:`build_task`): a caller that
+    runs several times keeps the task's warm sessions (``benchmarks.latency.pipeline_vs_session`` alternates
+    ``edgeae run`` with bare ``session.run`` on the same sessions). ``opts.model`` only names the model here."""
     # The model's limit goes to the source, so a camera that sends one huge picture costs a dropped frame before
     # it is converted (RELIABILITY 34); files keep the default cap and the task reports a frame it cannot take.
     src = open_source(opts.source, open_timeout=opts.open_timeout, read_timeout=opts.read_timeout,
@@ -534,3 +540,54 @@ def similar_frames(out_npy: Any, query: Any, k: int = 5, *, model: Any = None, p
     neighbours = [{"rank": i + 1, "row": r, "similarity": s, **{k_: v for k_, v in entries[r].items() if k_ != "row"}}
                   for i, (r, s) in enumerate(hits)]  # fmt: skip
     return {"query": query_info, "neighbours": neighbours}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibrate
+
+LIVE_CALIBRATION_S = 60.0  # a camera's default span: minutes are better on a busy scene (--duration)
+
+
+def calibration_span(src: Any, n: int, duration: float | None, every: float | None) -> tuple[float, float | None]:
+    """``(every, duration)`` in the source's seconds: a video file's whole length by default, 60 s of a live
+    source, all images of a folder; ``every`` defaults to the span divided by ``n``."""
+    if duration is None and not src.live and src.fps and src.stats.frames_expected:
+        span = src.stats.frames_expected / src.fps
+    elif duration is None and src.live:
+        span = LIVE_CALIBRATION_S
+    else:
+        span = duration
+    if every is None:
+        every = span / n if span else 0.0
+        if isinstance(src, ImageSource):
+            every = max(1.0, len(src.files) / n) if len(src.files) > n else 0.0  # image timestamps are indexes
+    return float(every), duration if duration is not None else (span if src.live else None)
+
+
+def calibrate_source(model: Any, source: Any, *, n: int, out: Any = None, duration: float | None = None,
+                     every: float | None = None, per_location: bool = True, precision: str = "fp32",
+                     device: str = "cpu", threads: int | None = None, allow_fallback: bool = False,
+                     progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """`edgeae calibrate`: ``n`` frames of ``source`` spread over its span -> :func:`edge_runtime.calibration.calibrate`
+    into ``out`` (a new bundle) or, with ``out=None``, ``model`` itself. A source that ends early calibrates on
+    what it gave (at least 10 frames; the summary says how many and over how long)."""
+    from edge_runtime.calibration import calibrate, spread
+    from edge_runtime.pipeline import stop_signals
+
+    if out is not None:
+        check_output(out, "folder", [model])
+        if os.path.lexists(out):
+            raise UsageError(f"{out}: exists; --out takes a new folder")
+    bar = Progress("calibrate", n, enabled=progress)
+    with stop_signals(), open_source(source) as src:
+        step, span = calibration_span(src, n, duration, every)
+        frames = spread(iter(src), n, every=step, duration=span)
+        try:
+            summary = calibrate(model, frames, n=n, out=out, per_location=per_location,
+                                progress=lambda done, total: bar.update(done), precision=precision, device=device,
+                                threads=threads, allow_fallback=allow_fallback)  # fmt: skip
+        finally:
+            bar.finish()
+        summary["source"] = src.description
+        summary["every_s"] = round(step, 3)
+    return summary

@@ -50,6 +50,7 @@ from .contract import (
     PRECISIONS,
     REQUIRED_METADATA,
     SCHEMA_VERSION,
+    STATS_NAME,
     TASKS,
 )
 from .errors import ModelRejectedError, UsageError
@@ -322,11 +323,12 @@ def _check_schema_version(value: Any, where: str) -> None:
         raise ModelRejectedError(f"{where}: unknown schema version {value} (this edgeae knows {SCHEMA_VERSION})")
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
+def load_bundle(path: str | os.PathLike, skip: frozenset[str] = frozenset()) -> Bundle:
     """Open and verify a bundle: a directory holding ``manifest.json``, or the ``manifest.json`` path itself.
 
     Every listed file is checked (plain name, regular file, size within the cap and equal to ``bytes``, SHA-256
-    equal to ``sha256``) before anything is parsed. Raises ModelRejectedError (exit 4) on any failure.
+    equal to ``sha256``) before anything is parsed. Raises ModelRejectedError (exit 4) on any failure. ``skip``:
+    listed files the caller is about to replace (``edgeae calibrate``: the statistics), left unverified.
     """
     path = Path(path)
     try:
@@ -371,6 +373,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     graphs: dict[tuple[str, str], str] = {}
     for name, entry in files.items():
         _check_plain_name(name, where)
+        if name in skip:  # the caller replaces this file (calibrate: the statistics); it is not verified here
+            continue
+        if name == STATS_NAME and not os.path.lexists(root / name):
+            raise ModelRejectedError(
+                f"{root / name}: the anomaly statistics {MANIFEST_NAME} lists are missing; restore the file, or "
+                f"recalibrate: edgeae calibrate {root} --source SOURCE --out NEW_BUNDLE"
+            )
         graphs_key = _check_entry(root, name, entry, where)
         if graphs_key is not None:
             if graphs_key in graphs:

@@ -17,11 +17,11 @@ import pytest
 
 from edge_runtime.anomaly import STATS_NAME, AnomalyScorer, Hysteresis, LocationStats
 from edge_runtime.calibration import THRESHOLD_FLOOR, calibrate
+from edge_runtime.commands import score_source
+from edge_runtime.errors import BadDataError, ModelRejectedError, OutputError
+from edge_runtime.model import load_bundle
 from edge_runtime.overlay import overlay
 from edge_runtime.registration import FrameAligner
-from edge_runtime.commands import score_source
-from edge_runtime.errors import BadDataError, ModelRejectedError
-from edge_runtime.model import load_bundle
 from edge_runtime.session import NonFiniteOutput
 
 H, W = 128, 128
@@ -194,8 +194,9 @@ def test_calibrate_interrupted_leaves_previous_bundle(calibrated, monkeypatch):
         return real_replace(src, dst, *a, **kw)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OutputError, match="No space") as err:  # one line naming the bundle, exit 3
         calibrate(root, iter(normal_frames(15, seed=3)), n=15)
+    assert err.value.exit_code == 3 and str(root) in str(err.value)
     monkeypatch.setattr(os, "replace", real_replace)
     assert snapshot(root) == before  # same files, same bytes, no temp or backup left behind
     load_bundle(root)

@@ -1,0 +1,155 @@
+"""`edgeae calibrate`: frames spread over time, a held-out block of time, never in place unless asked, any size."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_runtime import errors
+from edge_runtime.anomaly import STATS_NAME, AnomalyScorer
+from edge_runtime.calibration import calibrate, fit_calibration, spread
+from edge_runtime.cli import cli
+from edge_runtime.model import load_bundle
+
+H, W = 96, 128
+
+
+def scene(size=(H, W), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tex = cv2.GaussianBlur(rng.normal(0, 1, (*size, 3)).astype(np.float32), (0, 0), 4)
+    tex = (tex - tex.min()) / (tex.max() - tex.min())
+    return (40 + 160 * tex).astype(np.uint8)
+
+
+def frames(count, size=(H, W), seed=1, gain=1.0):
+    base = scene(size).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    return [np.clip(np.round(base * gain * rng.uniform(0.98, 1.02) + rng.normal(0, 3, base.shape)), 0, 255)
+            .astype(np.uint8) for _ in range(count)]  # fmt: skip
+
+
+def write_clip(path: Path, images, fps=10) -> Path:
+    h, w = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h))
+    for im in images:
+        writer.write(im)
+    writer.release()
+    return path
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+@pytest.fixture
+def bundle(make_bundle) -> Path:
+    return make_bundle(("anomaly",), name="model")
+
+
+def test_spread_takes_frames_by_time_not_by_count():
+    items = [SimpleNamespace(timestamp=i * 0.1, image=None, index=i) for i in range(100)]  # 10 s at 10 fps
+    taken = [f.index for f in spread(iter(items), 5, every=2.0)]
+    assert taken == [0, 20, 40, 60, 80]
+    assert [f.index for f in spread(iter(items), 50, every=1.0, duration=3.0)] == [0, 10, 20, 30]
+
+
+def test_normalisation_and_threshold_come_from_the_last_block_of_time(bundle):
+    """The last 20 % in time are held out: the units scores are measured in come from a stretch of time the
+    statistics never saw. Interleaved hold-out (every 5th frame) would fit the late change into the statistics."""
+    scorer = AnomalyScorer(bundle)
+    bright = frames(1, seed=9, gain=1.25)[0]
+    cal, stats, s1 = fit_calibration(scorer, iter(frames(50)), n=50)
+    assert scorer.with_calibration(cal, stats).score(bright).above  # never seen: anomalous
+    late = frames(40) + frames(10, seed=2, gain=1.25)  # brighter for the last fifth of the span
+    cal, stats, _ = fit_calibration(scorer, iter(late), n=50)
+    assert not scorer.with_calibration(cal, stats).score(bright).above  # the held-out block set the units
+    assert s1["frames_fit"] == 40 and s1["frames_held_out"] == 10
+    assert "warning" not in s1["stability"] and len(s1["stability"]["held_out_max_by_quarter"]) == 4
+
+
+def test_a_scene_still_changing_at_the_end_of_the_span_gets_a_warning(bundle):
+    ramp = [f for i in range(10) for f in frames(1, seed=10 + i, gain=1.0 + 0.04 * i)]  # brightening
+    _, _, summary = fit_calibration(AnomalyScorer(bundle), iter(frames(40) + ramp), n=50)
+    assert "longer span" in summary["stability"]["warning"] and summary["stability"]["held_out_drift"] >= 2
+
+
+def test_calibrate_out_writes_a_new_bundle_and_leaves_the_model(bundle, tmp_path):
+    before = snapshot(bundle)
+    clip = write_clip(tmp_path / "normal.mkv", frames(30))
+    res = CliRunner().invoke(cli, ["calibrate", str(bundle), "--source", str(clip), "--out", str(tmp_path / "cam0"),
+                                   "--frames", "20"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert snapshot(bundle) == before
+    new = load_bundle(tmp_path / "cam0")
+    parent_sha = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    assert new.manifest["parent"]["manifest_sha256"] == parent_sha
+    assert STATS_NAME in new.manifest["files"] and AnomalyScorer(new).stats is not None
+    assert summary["frame_size"] == [W, H] and summary["grid"][0] > summary["grid"][1]  # both width, height
+    assert summary["frames"] == 20 and summary["every_s"] == pytest.approx(3.0 / 20)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", ["exists", "is-input", "neither"])
+def test_calibrate_out_is_checked_before_anything_runs(bundle, tmp_path, case):
+    clip = write_clip(tmp_path / "normal.mkv", frames(12))
+    (tmp_path / "exists").mkdir()
+    args = {"exists": ["--out", str(tmp_path / "exists")], "is-input": ["--out", str(bundle)], "neither": []}[case]
+    before = snapshot(bundle)
+    res = CliRunner().invoke(cli, ["calibrate", str(bundle), "--source", str(clip), *args])
+    assert res.exit_code == errors.USAGE and res.stderr.count("\n") == 1
+    assert snapshot(bundle) == before
+
+
+def test_recalibrating_at_another_size_just_works(bundle, tmp_path):
+    first = calibrate(bundle, iter(frames(20)), n=20, out=tmp_path / "big")
+    assert first["frame_size"] == [W, H]
+    small = calibrate(tmp_path / "big", iter(frames(20, size=(48, 64))), n=20, out=tmp_path / "small")
+    assert small["frame_size"] == [64, 48]
+    assert AnomalyScorer(tmp_path / "small").stats.frame_size == (48, 64)
+    # and in place, on the bundle whose statistics are of the other size
+    calibrate(tmp_path / "big", iter(frames(20, size=(48, 64))), n=20)
+    assert AnomalyScorer(tmp_path / "big").stats.frame_size == (48, 64)
+
+
+def test_a_missing_statistics_file_names_the_fix_and_calibrate_recovers(bundle, tmp_path):
+    calibrate(bundle, iter(frames(20)), n=20)
+    (bundle / STATS_NAME).unlink()
+    with pytest.raises(errors.ModelRejectedError, match="recalibrate: edgeae calibrate"):
+        AnomalyScorer(bundle)
+    calibrate(bundle, iter(frames(20)), n=20, out=tmp_path / "fixed")
+    assert AnomalyScorer(tmp_path / "fixed").stats is not None
+
+
+def test_a_source_shorter_than_the_span_calibrates_on_what_there_is(bundle, tmp_path):
+    clip = write_clip(tmp_path / "short.mkv", frames(14))
+    res = CliRunner().invoke(cli, ["calibrate", str(bundle), "--source", str(clip), "--out", str(tmp_path / "o"),
+                                   "--frames", "100", "--every", "0"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["short"] and summary["frames"] == 14 and summary["stability"]["span_s"] == pytest.approx(1.3)
+    clip = write_clip(tmp_path / "tiny.mkv", frames(6))
+    res = CliRunner().invoke(cli, ["calibrate", str(bundle), "--source", str(clip), "--out", str(tmp_path / "p")])
+    assert res.exit_code == errors.BAD_DATA and "fewer than the 10" in res.stderr
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("kind", ["black", "frozen"])
+def test_a_black_or_frozen_camera_is_not_a_scene(bundle, tmp_path, kind):
+    images = [np.zeros((H, W, 3), np.uint8)] * 20 if kind == "black" else [frames(1)[0]] * 20
+    before = snapshot(bundle)
+    with pytest.raises(errors.BadDataError, match="blank" if kind == "black" else "frozen"):
+        calibrate(bundle, iter(images), n=20)
+    assert snapshot(bundle) == before
+
+
+def test_score_help_says_what_it_prints():
+    res = CliRunner().invoke(cli, ["score", "--help"])
+    assert "one line per frame" not in res.output.split("--events")[0] and "summary line" in res.output
