@@ -50,12 +50,47 @@ def overlay(frame: np.ndarray, fmap: np.ndarray, threshold: float, *, score: flo
         bbox = largest_region(fmap > threshold)
     if score is None:
         score = float(np.nanmax(fmap)) if fmap.size else 0.0
-    colour = (0, 0, 255) if (alarm or score > threshold) else (0, 200, 0)
+    state = "ALARM" if alarm else "above" if score > threshold else "normal"
+    colour = (0, 0, 255) if state != "normal" else (0, 200, 0)
     if bbox is not None:
         x, y, bw, bh = bbox
-        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), (0, 0, 255), 2)
-    text = f"score {score:.2f} / {threshold:.2f}" + ("  ALARM" if alarm else "")
-    scale = max(0.4, min(1.0, w / 640))
-    cv2.putText(out, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(out, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+        thick = max(2, round(min(h, w) / 240))
+        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), (0, 0, 255), thick)
+    draw_label(out, f"{state}  score {score:.2f}  threshold {threshold:.2f}", colour,
+               short=f"{state} {score:.1f}/{threshold:.1f}")  # fmt: skip
     return out
+
+
+def draw_label(image: np.ndarray, text: str, colour: tuple[int, int, int], short: str = "") -> None:
+    """``text`` at the top left on a dark box, sized to the frame (about 1/25 of its height) and measured with the
+    thickness it is drawn with, so box and text agree at any resolution and on any OpenCV version. On a frame
+    too narrow for ``text`` at a readable size (8 px), ``short`` is drawn instead."""
+    h, w = image.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.45, min(h / 25, w / 30) / 22)  # HERSHEY_SIMPLEX is ~22 px tall at scale 1
+    for candidate in (text, short or text):
+        fit = _fit(candidate, font, scale, w)
+        if fit[4] >= MIN_TEXT_PX or candidate == (short or text):
+            break
+    text, scale, thickness, tw, th, base = candidate, *fit[:3], fit[4], fit[5]
+    pad = max(2, th // 3)
+    x0, y0 = 2, 2
+    x1, y1 = min(w, x0 + tw + 2 * pad), min(h, y0 + th + base + 2 * pad)
+    roi = image[y0:y1, x0:x1]
+    roi[:] = (roi.astype(np.uint16) * 2 // 7).astype(np.uint8)  # darken to ~30 %: readable over any scene
+    cv2.putText(image, text, (x0 + pad, y0 + pad + th), font, scale, colour, thickness, cv2.LINE_AA)
+
+
+MIN_TEXT_PX = 9
+
+
+def _fit(text: str, font: int, scale: float, width: int) -> tuple[float, int, int, int, int, int]:
+    """(scale, thickness, text width, -, text height, baseline) with the box inside ``width``."""
+    for _ in range(8):
+        thickness = max(1, round(scale * 1.6))
+        (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+        pad = max(2, th // 3)
+        if tw + 2 * pad + 4 <= width:
+            break
+        scale *= (width - 2 * pad - 6) / max(tw, 1)
+    return scale, thickness, tw, 0, th, base
