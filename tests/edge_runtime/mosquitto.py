@@ -167,6 +167,18 @@ class Broker:
             self.proc.wait()
         self.proc = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, nothing is read or acknowledged."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """SIGKILL: what it had not processed (a frozen broker's socket buffers) is gone."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
     def restart(self) -> None:
         self.stop()
         self.start()

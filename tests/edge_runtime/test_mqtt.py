@@ -190,6 +190,27 @@ def test_a_broker_outage_during_writes_loses_nothing(broker, subscriber, tmp_pat
     assert any("lost" in line for line in lines) and any("back after" in line for line in lines)
 
 
+def test_what_the_broker_never_acknowledged_is_sent_again(broker, subscriber, tmp_path):
+    """A broker that freezes (messages sit unread in its socket) and then dies: only a PUBACK may take a message
+    out of the spool, so the ones it never acknowledged go out again after the restart."""
+    sink = MqttSink(broker.url, "cam1", spool_path=tmp_path / "spool.db")
+    for i in range(100):
+        sink.write(event("frame", i))
+    assert subscriber.wait_for(lambda: len(subscriber.events()) >= 100, 10)
+    time.sleep(1.5)  # the broker autosaves its sessions every second: the subscriber's survives the kill
+    broker.freeze()
+    for i in range(100, 200):
+        sink.write(event("frame", i))
+    time.sleep(0.5)  # the publisher sends into the frozen broker's socket; no PUBACK comes
+    assert sink.metrics()["published"] == 100
+    broker.kill()
+    broker.start()
+    assert subscriber.wait_for(lambda: len({e["frame"] for e in subscriber.events()}) >= 200, 30)
+    sink.close()
+    frames, dups = first_arrivals(subscriber.events())
+    assert frames == list(range(200)) and dups <= WINDOW
+
+
 PUBLISHER = """
 import json, sys, time
 from edge_runtime.mqtt import MqttSink
