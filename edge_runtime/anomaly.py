@@ -589,8 +589,9 @@ class ScoreTask:
     kind = "anomaly"
 
     def __init__(self, scorer: AnomalyScorer, *, smooth: bool = True, annotate: bool = False,
-                 hysteresis: Hysteresis | None = None):  # fmt: skip
-        self.scorer = scorer
+                 hysteresis: Hysteresis | None = None, adapter: Any = None):  # fmt: skip
+        self.adapter = adapter  # edge_runtime.adapt.Adapter: slow re-calibration from normal frames (run --adapt)
+        self.scorer = adapter.attach(scorer) if adapter is not None else scorer
         self.hyst = (hysteresis or Hysteresis()) if smooth else None
         self.annotate = annotate
         self.counts = {"frames": 0, "anomalous_frames": 0, "alarms": 0}
@@ -607,6 +608,8 @@ class ScoreTask:
             smoothed, alarm, change = self.hyst.update(result.score, thr)
         else:
             smoothed, alarm, change = result.score, result.above, None
+        if self.adapter is not None:
+            self.adapter.update(analysis, float(frame.timestamp), result.above, bool(alarm))
         self.counts["frames"] += 1
         self.counts["anomalous_frames"] += int(result.above)
         self.counts["alarms"] += int(change == "start" or (self.hyst is None and result.above))
@@ -626,4 +629,5 @@ class ScoreTask:
         return {**self.counts, "alarm_active_at_end": bool(self.hyst.alarm) if self.hyst else False,
                 "threshold": self.scorer.threshold, "per_location": self.scorer.stats is not None,
                 "max_score": self.max_score if self.counts["frames"] else None,
-                "providers": list(self.scorer.graph.providers)}  # fmt: skip
+                "providers": list(self.scorer.graph.providers),
+                **(self.adapter.summary() if self.adapter is not None else {})}  # fmt: skip

@@ -351,13 +351,16 @@ def decompress(stream, output, model, models_dir, frame, precision, device, allo
 @click.option("--events", type=click.Path(), default=None, help="Anomaly events as JSONL (anomaly models).")
 @click.option("--stats", "stats_path", type=click.Path(), default=None, help="Write run statistics as JSON.")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
+@click.option("--adapt", is_flag=True,
+              help="Anomaly models: slowly re-calibrate on frames that are not alarming (lighting through a day), "
+                   "with a cap on drift; the bundle on disk is not changed.")  # fmt: skip
 @click.option("--open-timeout", type=float, default=5.0, show_default=True, help="Seconds to open a live source.")
 @click.option("--read-timeout", type=float, default=5.0, show_default=True,
               help="Seconds without a new frame before a live source counts as lost and is reopened.")  # fmt: skip
 @click.option("--reconnects", type=click.IntRange(0), default=5, show_default=True,
               help="Reconnect attempts (capped exponential backoff) before giving up with exit 5.")  # fmt: skip
 @runtime_options
-def run(model, source, show, serve, token, insecure, record, events, stats_path, max_frames, open_timeout,
+def run(model, source, show, serve, token, insecure, record, events, stats_path, max_frames, adapt, open_timeout,
         read_timeout, reconnects, precision, device, allow_fallback, threads):  # fmt: skip
     """The live loop: frames from SOURCE -> MODEL -> window, MJPEG view, recording, events.
 
@@ -368,7 +371,7 @@ def run(model, source, show, serve, token, insecure, record, events, stats_path,
     from edge_runtime.commands import RunOptions, run_pipeline
 
     opts = RunOptions(model=model, source=source, show=show, serve=serve, token=token, insecure=insecure,
-                      record=record, events=events, stats=stats_path, max_frames=max_frames,
+                      record=record, events=events, stats=stats_path, max_frames=max_frames, adapt=adapt,
                       open_timeout=open_timeout, read_timeout=read_timeout, reconnects=reconnects,
                       precision=precision, device=device, allow_fallback=allow_fallback, threads=threads)  # fmt: skip
     with _reporting(None):

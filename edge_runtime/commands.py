@@ -314,6 +314,7 @@ class RunOptions:
     allow_fallback: bool = False
     threads: int | None = None
     annotate: bool = True
+    adapt: bool = False
 
 
 def gui_available() -> bool:
@@ -343,6 +344,8 @@ def parse_host_port(spec: str) -> tuple[str, int]:
 def build_task(bundle: Any, opts: RunOptions, *, smooth: bool = True) -> Any:
     """The task of a bundle for ``edgeae run`` (anything a live view can show)."""
     kw = _runtime_kw(opts.precision, opts.device, opts.threads, opts.allow_fallback)
+    if opts.adapt and bundle.task != "anomaly":
+        raise UsageError(f"{opts.model}: --adapt is for anomaly models; this is a {bundle.task} model")
     if bundle.task == "denoise":
         from edge_runtime.denoise import Denoiser, DenoiseTask
 
@@ -350,7 +353,15 @@ def build_task(bundle: Any, opts: RunOptions, *, smooth: bool = True) -> Any:
     if bundle.task == "anomaly":
         from edge_runtime.anomaly import AnomalyScorer, ScoreTask
 
-        return ScoreTask(AnomalyScorer(bundle, **kw), smooth=smooth, annotate=opts.annotate)
+        scorer = AnomalyScorer(bundle, **kw)
+        adapter = None
+        if opts.adapt:
+            from edge_runtime.adapt import Adapter
+
+            if scorer.stats is None:
+                raise UsageError(f"{opts.model}: --adapt needs a model calibrated on this camera (edgeae calibrate)")
+            adapter = Adapter(scorer.stats)
+        return ScoreTask(scorer, smooth=smooth, annotate=opts.annotate, adapter=adapter)
     if bundle.task == "compress":
         from edge_runtime.codec import CompressTask, Decoder, Encoder
 

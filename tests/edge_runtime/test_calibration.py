@@ -153,3 +153,61 @@ def test_a_black_or_frozen_camera_is_not_a_scene(bundle, tmp_path, kind):
 def test_score_help_says_what_it_prints():
     res = CliRunner().invoke(cli, ["score", "--help"])
     assert "one line per frame" not in res.output.split("--events")[0] and "summary line" in res.output
+
+
+def _ramp_clip(path: Path, n: int, fps: float, gains, squares=()) -> Path:
+    base = scene().astype(np.float32)
+    rng = np.random.default_rng(5)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (W, H))
+    for i in range(n):
+        f = np.clip(np.round(base * gains[i] + rng.normal(0, 3, base.shape)), 0, 255).astype(np.uint8)
+        if i in squares:
+            f[30:60, 40:80] = 255
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def test_adapt_follows_a_lighting_ramp_and_still_catches_an_object(bundle, tmp_path):
+    """+30 % light over 10 minutes (a frame every 2 s): alarms all along without --adapt, none with it, and an
+    object pasted late is still caught."""
+    from edge_runtime.commands import RunOptions, run_pipeline
+
+    calibrate(bundle, iter(frames(30)), n=30)
+    n = 300
+    gains = np.linspace(1.0, 1.3, n)
+    objects = set(range(280, 290))
+    clip = _ramp_clip(tmp_path / "ramp.mkv", n, 0.5, gains, squares=objects)
+
+    def alarms(adapt: bool) -> tuple[list[int], dict]:
+        ev = tmp_path / f"ev-{adapt}.jsonl"
+        stats = run_pipeline(RunOptions(model=str(bundle), source=str(clip), events=str(ev), adapt=adapt))
+        lines = [json.loads(x) for x in ev.read_text().splitlines() if '"type":"frame"' in x]
+        return [e["frame"] for e in lines if e["alarm"]], stats
+
+    fixed, _ = alarms(False)
+    adapted, stats = alarms(True)
+    around = set(range(280, 293))  # the object's frames and the hysteresis' 3 frames to end its alarm
+    assert len([f for f in fixed if f not in around]) > 50  # the ramp alone alarms without adaptation
+    assert [f for f in adapted if f not in around] == []  # with it: no false alarm over the ramp
+    assert len([f for f in adapted if f in objects]) >= 8  # the object is still caught
+    assert stats["adapt_updates"] > 250 and stats["adapt_skipped"] >= 8 and stats["drift_max_std"] > 0
+
+
+def test_adapt_caps_drift_on_a_scene_that_keeps_changing(bundle, tmp_path):
+    """Lights going out over 80 minutes: followed up to the cap, then capped and counted; once the frames alarm,
+    adaptation stops (counted too) instead of learning the dark as normal."""
+    from edge_runtime.commands import RunOptions, run_pipeline
+
+    calibrate(bundle, iter(frames(30)), n=30)
+    clip = _ramp_clip(tmp_path / "dark.mkv", 1000, 0.2, np.linspace(1.0, 0.05, 1000))
+    stats = run_pipeline(RunOptions(model=str(bundle), source=str(clip), adapt=True))
+    assert stats["drift_capped"] > 0 and stats["adapt_skipped"] > 0 and stats["alarms"] >= 1
+    assert stats["drift_max_std"] <= 20.0 + 3.0 + 1e-3 and stats["drift_local_max_std"] <= 3.0 + 1e-3
+
+
+def test_adapt_needs_a_calibrated_anomaly_model(bundle, make_bundle, tmp_path):
+    clip = write_clip(tmp_path / "c.mkv", frames(3))
+    for model in (bundle, make_bundle(("denoise",), name="den")):
+        res = CliRunner().invoke(cli, ["run", str(model), "--source", str(clip), "--adapt"])
+        assert res.exit_code == errors.USAGE and "--adapt" in res.stderr
