@@ -338,8 +338,11 @@ def decompress(stream, output, model, models_dir, frame, precision, device, allo
 
 
 @cli.command()
-@click.argument("model", type=click.Path())
-@click.option("--source", required=True,
+@click.argument("model", type=click.Path(), required=False)
+@click.option("--config", "config_path", type=click.Path(), default=None,
+              help="Several cameras from a TOML (or JSON) file instead of MODEL and --source "
+                   "(docs/cameras.md).")  # fmt: skip
+@click.option("--source", default=None,
               help="Camera index (0), video file, rtsp:// or http:// URL, image, folder or glob.")  # fmt: skip
 @click.option("--show", is_flag=True, help="Show the annotated frames in an OpenCV window (needs GUI support).")
 @click.option("--serve", default=None, metavar="HOST:PORT",
@@ -360,8 +363,8 @@ def decompress(stream, output, model, models_dir, frame, precision, device, allo
 @click.option("--reconnects", type=click.IntRange(0), default=5, show_default=True,
               help="Reconnect attempts (capped exponential backoff) before giving up with exit 5.")  # fmt: skip
 @runtime_options
-def run(model, source, show, serve, token, insecure, record, events, stats_path, max_frames, adapt, open_timeout,
-        read_timeout, reconnects, precision, device, allow_fallback, threads):  # fmt: skip
+def run(model, config_path, source, show, serve, token, insecure, record, events, stats_path, max_frames, adapt,
+        open_timeout, read_timeout, reconnects, precision, device, allow_fallback, threads):  # fmt: skip
     """The live loop: frames from SOURCE -> MODEL -> window, MJPEG view, recording, events.
 
     Live sources drop old frames (newest wins) and reconnect with backoff; files are processed frame by frame
@@ -370,6 +373,13 @@ def run(model, source, show, serve, token, insecure, record, events, stats_path,
     """
     from edge_runtime.commands import RunOptions, run_pipeline
 
+    if config_path is not None:
+        if model or source:
+            raise errors.UsageError("run --config: the cameras come from the file; drop MODEL and --source")
+        _run_config(config_path)
+        return
+    if not model or not source:
+        raise errors.UsageError("run: pass MODEL and --source SOURCE (or --config FILE for several cameras)")
     opts = RunOptions(model=model, source=source, show=show, serve=serve, token=token, insecure=insecure,
                       record=record, events=events, stats=stats_path, max_frames=max_frames, adapt=adapt,
                       open_timeout=open_timeout, read_timeout=read_timeout, reconnects=reconnects,
@@ -441,6 +451,23 @@ def similar(embeddings, query, k, model, as_json, precision, device, allow_fallb
     click.echo(f"query: {q['image']}" if "image" in q else f"query: row {q['row']} ({describe_entry(q)})")
     for hit in result["neighbours"]:
         click.echo(f"{hit['rank']:>3}  row {hit['row']:>6}  cos {hit['similarity']:+.4f}  {describe_entry(hit)}")
+
+
+def _run_config(path: str) -> None:
+    from edge_runtime.cameras import load_config, run_cameras
+
+    summary = run_cameras(load_config(path))
+    for name, st in summary["cameras"].items():
+        fps = st.get("fps")
+        line = f"{name}: {st.get('frames_processed', 0)} frames" + (f", {fps:.1f} frames/s" if fps else "")
+        click.echo(line + (f", {st['error']}" if st.get("error") else "") + (", lost" if st.get("lost") else ""))
+    code = summary["exit_code"]
+    if summary.get("error"):
+        raise errors.EdgeAEError(summary["error"], code)
+    if code == errors.SOURCE_LOST:
+        raise errors.SourceLostError(f"{path}: every camera was lost ({', '.join(summary['cameras_lost'])})")
+    if code:
+        raise _Interrupted(code)
 
 
 def main() -> None:

@@ -429,21 +429,28 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 
 
 class ViewSink:
-    """Annotated frames to the MJPEG view server (``edgeae run --serve``); gray frames become BGR."""
+    """Annotated frames to the MJPEG view server (``edgeae run --serve``); gray frames become BGR.
 
-    def __init__(self, server: Any):
-        self.server = server
+    ``camera``: the stream's name when one server shows several cameras; ``owner``: close() stops the server (one
+    camera) or leaves it to whoever started it (several)."""
+
+    def __init__(self, server: Any, camera: str | None = None, owner: bool = True):
+        self.server, self.camera, self.owner = server, camera, owner
         self.frames = 0
 
     def write(self, image: np.ndarray, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
-        self.server.publish(as_bgr(image))
+        if self.camera is None:
+            self.server.publish(as_bgr(image))
+        else:
+            self.server.publish(as_bgr(image), camera=self.camera)
         self.frames += 1
 
     def close(self) -> None:
-        self.server.stop()
+        if self.owner:
+            self.server.stop()
 
     def abort(self) -> None:
-        self.server.stop()
+        self.close()
 
 
 class WindowSink:

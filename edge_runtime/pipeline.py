@@ -97,14 +97,18 @@ def _deliver(outcome: Outcome, frame: Any, routes: list[Route], events: _Events,
 
 
 def _iterate(source: Any, task: Task, routes: list[Route], res: LoopResult, events: _Events,
-             max_frames: int | None, progress: Progress | None,
-             on_frame: Callable[[int], None] | None) -> None:  # fmt: skip
+             max_frames: int | None, progress: Progress | None, on_frame: Callable[[int], None] | None,
+             stop: threading.Event | None) -> None:  # fmt: skip
     clock = res.clock
     it = iter(source)
     while max_frames is None or res.frames < max_frames:
         t0 = time.perf_counter()
-        frame = next(it, None)
+        frame = None if stop is not None and stop.is_set() else next(it, None)
         clock.add("capture", (time.perf_counter() - t0) * 1000)
+        if stop is not None and stop.is_set():
+            # Another thread ended this loop (several cameras): it also closed the source, so a frame that never
+            # comes does not keep the loop waiting.
+            raise Stopped(getattr(stop, "signum", signal.SIGINT))
         if frame is None:
             break
         try:
@@ -153,7 +157,8 @@ def _abort_all(routes: list[Route]) -> None:
 
 def run_loop(source: Any, task: Task, routes: list[Route], *, start: dict[str, Any] | None = None,
              max_frames: int | None = None, progress: Progress | None = None,
-             on_frame: Callable[[int], None] | None = None, keep_on_stop: bool = True) -> LoopResult:  # fmt: skip
+             on_frame: Callable[[int], None] | None = None, keep_on_stop: bool = True,
+             stop: threading.Event | None = None) -> LoopResult:  # fmt: skip
     """Run ``task`` on every frame of ``source`` into ``routes`` until the source ends, ``max_frames``, a stop
     signal or a lost source. Closes the source; closes (finalises) or, on an error, aborts every sink.
 
@@ -161,19 +166,21 @@ def run_loop(source: Any, task: Task, routes: list[Route], *, start: dict[str, A
     is in ``result.lost`` (the caller raises it after reporting), an interruption in ``result.exit_code``.
     ``keep_on_stop``: on Ctrl-C/SIGTERM/SIGHUP, finalise the outputs (``edgeae run``: the recording so far) and
     return; False: abort them (file commands: the previous output stays as it was, RELIABILITY 17) and re-raise
-    the interruption. Events are kept either way: they describe frames that were processed.
+    the interruption. Events are kept either way: they describe frames that were processed. ``stop``: an event
+    another thread sets to end this loop like a stop signal (its ``signum`` attribute, if any, names the signal);
+    signal handlers are only installed when the loop runs in the main thread.
     """
     res = LoopResult()
     events = _Events(routes)
     t_start = time.perf_counter()
-    stop: KeyboardInterrupt | None = None
+    interruption: KeyboardInterrupt | None = None
     try:
         with stop_signals():
             events.emit({"v": EVENTS_VERSION, "type": "start", "wall": now_wall(), **(start or {})})
             try:
-                _iterate(source, task, routes, res, events, max_frames, progress, on_frame)
+                _iterate(source, task, routes, res, events, max_frames, progress, on_frame, stop)
             except KeyboardInterrupt as exc:
-                res.exit_code, stop = stop_exit_code(exc), exc
+                res.exit_code, interruption = stop_exit_code(exc), exc
             except SourceLostError as exc:
                 res.lost = exc
             res.elapsed_s = time.perf_counter() - t_start
@@ -181,8 +188,8 @@ def run_loop(source: Any, task: Task, routes: list[Route], *, start: dict[str, A
             with _ignoring_stops():
                 events.emit({"v": EVENTS_VERSION, "type": "end", "wall": now_wall(), "status": status,
                              "frames": res.frames, "skipped": res.skipped})  # fmt: skip
-                if stop is not None and not keep_on_stop:
-                    raise stop
+                if interruption is not None and not keep_on_stop:
+                    raise interruption
                 _close_all(routes)
     except BaseException:
         _abort_all(routes)
