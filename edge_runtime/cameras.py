@@ -153,19 +153,22 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 class _Tagged:
-    """A shared events sink as one camera's sink: its lines carry ``camera``; only the owner closes the sink."""
+    """An events sink as one camera's sink: its lines carry ``camera``. ``owner``: this camera closes the sink
+    (its own MQTT sink) or leaves it to the run (the shared log)."""
 
-    def __init__(self, sink: Any, camera: str):
-        self.sink, self.camera = sink, camera
+    def __init__(self, sink: Any, camera: str, owner: bool = False):
+        self.sink, self.camera, self.owner = sink, camera, owner
 
     def write(self, line: dict, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
         self.sink.write({**line, "camera": self.camera})
 
     def close(self) -> None:
-        pass
+        if self.owner:
+            self.sink.close()
 
     def abort(self) -> None:
-        pass
+        if self.owner:
+            self.sink.abort()
 
 
 class _Models:
@@ -231,7 +234,7 @@ def _routes(cam: _Camera, shared: dict[str, Any], cfg: RunConfig) -> list[Any]:
     if "events" in shared:
         routes.append(Route(_Tagged(shared["events"], cam.cfg.name), "event"))
     if cfg.mqtt is not None:
-        routes.append(Route(_mqtt_sink(cfg.mqtt, cam.cfg.name), "event"))
+        routes.append(Route(_Tagged(_mqtt_sink(cfg.mqtt, cam.cfg.name), cam.cfg.name, owner=True), "event"))
     if "server" in shared:
         routes.append(Route(ViewSink(shared["server"], camera=cam.cfg.name, owner=False), "view"))
     return routes

@@ -155,3 +155,27 @@ def test_sigterm_ends_every_camera_and_finalises_the_log(make_bundle, cams, tmp_
     lines = [json.loads(x) for x in ev.read_text().splitlines()]
     ends = {e["camera"]: e["status"] for e in lines if e["type"] == "end"}
     assert ends == {"cam0": "interrupted", "cam1": "interrupted"}
+
+
+def test_events_of_every_camera_reach_a_real_broker(make_bundle, cams, tmp_path):
+    """`run --config` with [mqtt]: a real Mosquitto on loopback, a subscriber counting per camera."""
+    pytest.importorskip("paho.mqtt.client")  # the dev extra installs it; the device base install does not
+    from mosquitto import Broker, Subscriber
+
+    broker = Broker(tmp_path / "broker").start()
+    sub = Subscriber(broker.url)
+    try:
+        servers = cams(2)
+        cfg = write_config(tmp_path / "c.toml", make_bundle(("anomaly",)), [s.url for s in servers])
+        cfg.write_text(cfg.read_text() + f'[mqtt]\nurl = "{broker.url}"\nspool = "{tmp_path / "spool"}"\n')
+        summary = run_cameras(load_config(cfg))
+        assert summary["exit_code"] == 0
+        for cam in ("cam0", "cam1"):
+            assert sub.wait_for(lambda cam=cam: len([e for e in sub.events(cam) if e["type"] == "frame"]) >= 20)
+            frames = [e["frame"] for e in sub.events(cam) if e["type"] == "frame"]
+            assert frames == sorted(frames) and len(set(frames)) == 20  # in order; QoS 1 may repeat, none lost
+            assert all(e["camera"] == cam for e in sub.events(cam))
+        assert {t for t, p, _ in sub.statuses() if p == "offline"} == {"edgeae/cam0/status", "edgeae/cam1/status"}
+    finally:
+        sub.close()
+        broker.stop()
