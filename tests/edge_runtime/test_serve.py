@@ -221,8 +221,8 @@ def test_only_its_own_paths_never_a_file(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     server.publish(make_frame(0))
     for path in [
-        "/",
         "/README.md",
+        "/index.html",
         "/../etc/passwd",
         "/%2e%2e/%2e%2e/etc/passwd",
         "//etc/passwd",
@@ -232,16 +232,30 @@ def test_only_its_own_paths_never_a_file(server, tmp_path, monkeypatch):
         "/health/",
         "/etc/passwd",
         "http://127.0.0.1/README.md",
+        "/stream/",
+        "/stream/default",
+        "/stream/default.mjpg/README.md",
+        "/stream/../README.md",
+        "/stream/%64efault.mjpg",
+        "/stream/nobody.mjpg",
+        "/snapshot/nobody.jpg",
+        "/snapshot/default.jpeg",
+        "/snapshot/" + "a" * 65 + ".jpg",
+        "/status.json/",
+        "/metrics/README.md",
+        "/favicon.ico",
     ]:
         status, headers, body = request(server, path)
         assert status == 404, path
         assert marker.encode() not in body and b"root:" not in body
         assert headers["x-content-type-options"] == "nosniff"
+    status, _, body = request(server, "/")  # the page, from memory: never the folder's files
+    assert status == 200 and marker.encode() not in body
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO"])
 def test_other_methods_are_405(server, method):
-    for path in ("/snapshot.jpg", "/stream.mjpg", "/README.md"):
+    for path in ("/snapshot.jpg", "/stream.mjpg", "/README.md", "/", "/status.json", "/metrics", "/stream/a.mjpg"):
         status, headers, _ = request(server, path, method=method, body=b"x=1")
         assert status == 405, (method, path)
         assert headers["allow"] == "GET, HEAD"
@@ -315,3 +329,133 @@ def test_bad_frames_and_bad_settings_are_rejected(server):
         ViewServer(max_viewers=0)
     with pytest.raises(UsageError, match="cannot listen"):
         ViewServer("127.0.0.1", server.address[1]).start()
+
+
+# --------------------------------------------------------------------------------------------- several cameras
+
+
+def test_each_camera_has_its_own_stream_and_snapshot(server):
+    server.publish(make_frame(1), camera="cam1")
+    server.publish(make_frame(2), camera="cam-2")
+    for path, frame in [
+        ("/snapshot/cam1.jpg", make_frame(1)),
+        ("/snapshot/cam-2.jpg", make_frame(2)),
+        ("/snapshot.jpg", make_frame(1)),  # the single-camera path shows the first camera
+    ]:
+        status, headers, body = request(server, path)
+        assert status == 200 and headers["content-type"] == "image/jpeg", path
+        assert_jpeg_of(body, frame)
+    viewer = StreamReader(server, "/stream/cam-2.mjpg")
+    first = StreamReader(server, "/stream.mjpg")
+    try:
+        assert viewer.status == 200 and first.status == 200
+        assert_jpeg_of(viewer.next_part(), make_frame(2))
+        assert_jpeg_of(first.next_part(), make_frame(1))
+        server.publish(make_frame(3), camera="cam1")  # another camera's frame is not this viewer's
+        server.publish(make_frame(4), camera="cam-2")
+        assert_jpeg_of(viewer.next_part(), make_frame(4))
+        assert_jpeg_of(first.next_part(), make_frame(3))
+    finally:
+        viewer.close()
+        first.close()
+    health = server.health()
+    assert health["cameras"] == ["cam1", "cam-2"] and health["frames_published"] == 4
+
+
+def test_unknown_cameras_and_cameras_without_a_frame(server):
+    server.set_status("later", score=1.0)  # known, no frame yet
+    assert request(server, "/snapshot/later.jpg")[0] == 503
+    assert request(server, "/snapshot/nobody.jpg")[0] == 404
+    assert request(server, "/stream/nobody.mjpg")[0] == 404
+    assert request(server, "/stream/later.mjpg", method="HEAD")[0] == 200
+    viewer = StreamReader(server, "/stream/later.mjpg")
+    try:
+        assert viewer.status == 200
+        server.publish(make_frame(2), camera="later")
+        assert_jpeg_of(viewer.next_part(), make_frame(2))
+    finally:
+        viewer.close()
+    for bad in ("", "a/b", "a b", "x" * 65, "caf\u00e9", None, "../x"):
+        with pytest.raises(UsageError):
+            server.publish(make_frame(0), camera=bad)
+        with pytest.raises(UsageError):
+            server.set_status(bad, score=1.0)
+
+
+def test_the_default_stream_waits_for_the_first_camera():
+    with ViewServer("127.0.0.1", 0) as server:
+        viewer = StreamReader(server, "/stream.mjpg")  # nothing published yet: it waits
+        try:
+            assert viewer.status == 200
+            deadline = time.monotonic() + 2
+            while server.health()["viewers"] != 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            server.publish(make_frame(3), camera="first")
+            server.publish(make_frame(1), camera="second")
+            assert_jpeg_of(viewer.next_part(), make_frame(3))
+            assert server.status()["cameras"][0]["viewers"] == 1  # its slot moved to the camera it watches
+        finally:
+            viewer.close()
+        deadline = time.monotonic() + 3
+        while server.health()["viewers"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.health()["viewers"] == 0
+
+
+def test_the_viewer_cap_is_per_camera():
+    with ViewServer("127.0.0.1", 0, max_viewers=1) as server:
+        server.publish(make_frame(0), camera="a")
+        server.publish(make_frame(1), camera="b")
+        held = StreamReader(server, "/stream/a.mjpg")
+        other = StreamReader(server, "/stream/b.mjpg")
+        try:
+            assert held.status == 200 and other.status == 200
+            held.next_part()
+            assert_jpeg_of(other.next_part(), make_frame(1))
+            assert request(server, "/stream/a.mjpg")[0] == 503
+            assert request(server, "/stream.mjpg")[0] == 503  # the same camera by its old path
+            assert server.health()["viewers"] == 2
+        finally:
+            held.close()
+            other.close()
+
+
+def test_new_paths_need_the_token_too():
+    with ViewServer("127.0.0.1", 0, token=TOKEN) as server:
+        server.publish(make_frame(1), camera="cam1")
+        paths = ["/", "/status.json", "/metrics", "/snapshot/cam1.jpg", "/stream/cam1.mjpg", "/stream/nobody.mjpg"]
+        for path in paths:
+            for sep_query, headers in [("", {}), ("?token=wrong", {}), ("", {"Authorization": "Bearer x"})]:
+                status, got, body = request(server, path + sep_query, headers=headers)
+                assert status == 401, (path, sep_query, headers)
+                assert got["www-authenticate"].startswith("Bearer") and TOKEN.encode() not in body
+        for path in paths[:4]:
+            assert request(server, f"{path}?token={TOKEN}")[0] == 200, path
+            assert request(server, path, headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200, path
+        viewer = StreamReader(server, "/stream/cam1.mjpg", headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            assert viewer.status == 200
+            assert_jpeg_of(viewer.next_part(), make_frame(1))
+        finally:
+            viewer.close()
+
+
+def test_urls_to_print_never_hold_the_token():
+    with ViewServer("127.0.0.1", 0) as server:
+        assert server.urls() == [f"http://127.0.0.1:{server.address[1]}/"]
+    with ViewServer("127.0.0.1", 0, token=TOKEN) as server:
+        (url,) = server.urls()
+        assert url == f"http://127.0.0.1:{server.address[1]}/?token=<token>" and TOKEN not in url
+    with ViewServer("0.0.0.0", 0, token=TOKEN) as server:
+        urls = server.urls()
+        assert len(urls) == 2 and urls[1] == f"http://127.0.0.1:{server.address[1]}/?token=<token>"
+        assert all(TOKEN not in u for u in urls)
+    try:
+        server = ViewServer("::1", 0)
+        server.start()
+    except UsageError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert server.urls() == [f"http://[::1]:{server.address[1]}/"]
+    finally:
+        server.stop()

@@ -197,3 +197,35 @@ def test_one_channel_frames_are_published_as_gray_bgr(shape):
     img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (48, 64, 3)
     assert np.abs(img.astype(int) - gray.reshape(48, 64, 1)).mean() < 4
+
+
+def test_stalled_viewers_of_one_camera_leave_the_others_alone():
+    # Viewer slots are per camera: clients that stall one camera's stream lock out neither the other camera nor
+    # the page's status and metrics, and they are dropped in seconds as on a single camera.
+    with ViewServer("127.0.0.1", 0, max_viewers=2) as server:
+        server.set_status("default")  # the first camera: the one /stream.mjpg shows
+        server.publish(noise_frame(9), camera="quiet")
+        publisher = Publisher(server)
+        stalled = [stalled_viewer(server) for _ in range(3)]
+        try:
+            deadline = time.monotonic() + 2.0
+            while viewers(server) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            conn = http.client.HTTPConnection(*server.address, timeout=3)
+            conn.request("GET", "/snapshot/quiet.jpg")
+            assert conn.getresponse().status == 200
+            conn.close()
+            conn = http.client.HTTPConnection(*server.address, timeout=3)
+            conn.request("GET", "/stream/quiet.mjpg")
+            resp = conn.getresponse()
+            assert resp.status == 200 and b"--edgeaeframe" in resp.read(2000)
+            resp.close()
+            conn.close()
+            t0 = time.monotonic()
+            while server.health()["viewers_dropped"] < 2 and time.monotonic() - t0 < 8.0:
+                time.sleep(0.1)
+            assert server.health()["viewers_dropped"] >= 2
+        finally:
+            publisher.stop()
+            for s in stalled:
+                s.close()
