@@ -53,7 +53,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -67,7 +66,7 @@ from edge_runtime.contract import (
     STATS_NAME,
 )
 from edge_runtime.errors import FrameError, ModelRejectedError, UsageError
-from edge_runtime.model import MANIFEST_NAME, Bundle, load_bundle, open_graph
+from edge_runtime.model import Bundle, bundle_of, open_graph
 from edge_runtime.npcheck import NpyError, grid_layout, load_npz, npz_headers
 from edge_runtime.overlay import largest_region, overlay
 from edge_runtime.registration import ALIGN_MAX_SIDE, MIN_ALIGN_SIDE, FrameAligner
@@ -293,13 +292,7 @@ class AnomalyScorer:
 
     def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu", threads: int | None = None,
                  allow_fallback: bool = False):  # fmt: skip
-        self.bundle: Bundle | None = None
-        if isinstance(model, Bundle):
-            self.bundle = model
-        else:
-            path = Path(model)
-            if path.is_dir() or path.name == MANIFEST_NAME:
-                self.bundle = load_bundle(path)
+        self.bundle: Bundle | None = bundle_of(model)
         if self.bundle is not None and self.bundle.task != "anomaly":
             raise ModelRejectedError(f"{self.bundle.root}: a {self.bundle.task} bundle, not an anomaly model")
         self.where = str(self.bundle.root if self.bundle is not None else model)
@@ -415,8 +408,7 @@ class AnomalyScorer:
                 f"{self.where}: anomaly graph returned anomaly_map {list(amap.shape)}, features {list(feats.shape)}"
             )
         height, width = amap.shape
-        multiple = self.graph.info.input_multiple
-        ph, pw = height + (-height % multiple), width + (-width % multiple)
+        ph, pw = out.padded  # the size the graph ran at (run_frame's padding, not recomputed here)
         fh, fw = feats.shape[1:]
         grid = amap
         if (ph, pw) != (height, width):

@@ -30,14 +30,13 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_runtime.embed_index import INDEX_FORMAT, INDEX_VERSION, MAX_GRID
 from edge_runtime.errors import BadDataError, ModelRejectedError, UsageError
-from edge_runtime.model import MANIFEST_NAME, Bundle, load_bundle, open_graph
+from edge_runtime.model import Bundle, bundle_of, open_graph
 from edge_runtime.task import Outcome, check_frame
 
 # graph -> the output embedded; task -> the graph that holds it
@@ -132,13 +131,7 @@ class Embedder:
     ):
         self.grid = _check_grid(grid)
         self.normalize = bool(normalize)
-        bundle: Bundle | None = None
-        if isinstance(model, Bundle):
-            bundle = model
-        else:
-            path = Path(model)
-            if path.is_dir() or path.name == MANIFEST_NAME:
-                bundle = load_bundle(path)
+        bundle = bundle_of(model)
         kw = dict(device=device, threads=threads, allow_fallback=allow_fallback)
         if bundle is not None:
             graph_name = GRAPH_OF_TASK.get(bundle.task)
@@ -166,12 +159,12 @@ class Embedder:
 
     def latent(self, frame: np.ndarray) -> np.ndarray:
         """The output embedded, ``(C, h, w)``, cropped to the cells covering the frame (not its padding)."""
-        out = self.graph.run_frame(frame)[self.output]  # checks the frame before anything else
+        out_all = self.graph.run_frame(frame)  # checks the frame before anything else
+        out = out_all[self.output]
         if out.ndim != 3 or 0 in out.shape:
             raise ModelRejectedError(f"{self.graph.info.path}: {self.output} has shape {list(out.shape)}")
         height, width = frame.shape[:2]
-        multiple = self.graph.info.input_multiple
-        padded_h, padded_w = height + (-height % multiple), width + (-width % multiple)
+        padded_h, padded_w = out_all.padded
         grid_h, grid_w = out.shape[1:]
         keep_h = min(grid_h, max(1, math.ceil(height * grid_h / padded_h)))
         keep_w = min(grid_w, max(1, math.ceil(width * grid_w / padded_w)))

@@ -578,17 +578,22 @@ def _check_metadata_matches(metadata: dict[str, str], where: str, **want: str | 
             raise ModelRejectedError(f"{where}: metadata edgeae.{key} is {got!r}, expected {value!r}")
 
 
+def bundle_of(model: str | os.PathLike | Bundle) -> Bundle | None:
+    """``model`` as a loaded bundle: itself, the bundle of a folder or a ``manifest.json`` (loaded and verified
+    here, once), or None for a single ``.onnx`` file."""
+    if isinstance(model, Bundle):
+        return model
+    path = Path(model)
+    if path.is_dir() or path.name == MANIFEST_NAME:
+        return load_bundle(path)
+    return None
+
+
 def _graph_bytes(
     path_or_bundle: str | os.PathLike | Bundle, graph: str | None, precision: str
 ) -> tuple[Bundle | None, str | None, Path, bytes]:
     """``(bundle or None, graph, path, bytes)`` of the graph file to open, read and hashed once (cases 1-4)."""
-    bundle: Bundle | None = None
-    if isinstance(path_or_bundle, Bundle):
-        bundle = path_or_bundle
-    else:
-        path = Path(path_or_bundle)
-        if path.is_dir() or path.name == MANIFEST_NAME:
-            bundle = load_bundle(path)
+    bundle = bundle_of(path_or_bundle)
     if bundle is None:
         model_path = Path(path_or_bundle)  # type: ignore[arg-type]
         return None, graph, model_path, read_model_bytes(model_path, None)
