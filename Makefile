@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DATA    ?= ../shared/data
 
-.PHONY: demo test test-fast deps-system lint bench models arm-check clean
+.PHONY: demo test test-fast deps-system lint bench models arm-check clean dist deploy-check
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -49,3 +49,23 @@ arm-check: $(STAMP)
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache
+
+# The wheel and the sdist (docs/deploy.md): what `pip install edgeae-*.whl` takes on a device and what
+# deploy/Dockerfile copies. BUILD_FLAGS=--no-isolation builds with this venv's setuptools instead of a fresh one.
+DIST        ?= dist
+BUILD_FLAGS ?=
+dist: | $(PY)
+	$(PY) -c "import build" 2>/dev/null || $(PY) -m pip install --quiet build
+	rm -f $(DIST)/edgeae-*.whl $(DIST)/edgeae-*.tar.gz
+	$(PY) -m build $(BUILD_FLAGS) --outdir $(DIST) .
+
+# deploy/ checked with the tools this machine has: tests/test_deploy.py (systemd-analyze, the wheel in a fresh
+# venv, the Dockerfile's pip steps), then `docker build` and a run of the image where a Docker engine answers.
+deploy-check: $(STAMP) dist
+	$(PY) -m pytest -q tests/test_deploy.py
+	@if docker info >/dev/null 2>&1; then \
+		docker build -f deploy/Dockerfile -t edgeae-runtime . && \
+		docker run --rm edgeae-runtime --version && \
+		test "$$(docker run --rm --entrypoint id edgeae-runtime -u)" != 0 && \
+		! docker run --rm --entrypoint python edgeae-runtime -c "import torch"; \
+	else echo "deploy-check: no Docker engine answers here; the Dockerfile's pip steps ran in a fresh venv instead"; fi
