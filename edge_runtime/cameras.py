@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeAEError, SourceLostError, UsageError
-from edge_runtime.outputs import EventsSink, VideoSink, ViewSink, check_output, write_json
+from edge_runtime.outputs import EventsSink, StatusSink, VideoSink, ViewSink, check_output, loop_metrics, write_json
 
 try:
     import tomllib
@@ -185,7 +186,7 @@ class _Models:
         key = (str(Path(cam.model).resolve()), cam.precision, cam.device)
         with self._lock:
             if key not in self._cache:
-                bundle = load_bundle(cam.model)
+                bundle = load_bundle(cam.model, hash_graphs=False)  # hashed when the task opens it
                 opts = RunOptions(model=cam.model, source=cam.source, precision=cam.precision, device=cam.device,
                                   threads=cam.threads)  # fmt: skip
                 self._cache[key] = (bundle, build_task(bundle, opts))
@@ -222,6 +223,7 @@ class _Camera:
     result: Any = None
     error: BaseException | None = None
     stats: dict = field(default_factory=dict)
+    live: Any = None  # the LoopResult the camera's loop fills while it runs (for /metrics)
 
 
 def _routes(cam: _Camera, shared: dict[str, Any], cfg: RunConfig) -> list[Any]:
@@ -237,6 +239,7 @@ def _routes(cam: _Camera, shared: dict[str, Any], cfg: RunConfig) -> list[Any]:
         routes.append(Route(_Tagged(_mqtt_sink(cfg.mqtt, cam.cfg.name), cam.cfg.name, owner=True), "event"))
     if "server" in shared:
         routes.append(Route(ViewSink(shared["server"], camera=cam.cfg.name, owner=False), "view"))
+        routes.append(Route(StatusSink(shared["server"], cam.cfg.name), "event"))
     return routes
 
 
@@ -256,7 +259,8 @@ def _run_camera(cam: _Camera, shared: dict[str, Any], cfg: RunConfig, stop: thre
     try:
         routes = _routes(cam, shared, cfg)
         start = {"task": cam.bundle.task, "model": cam.cfg.model, "source": cam.source.description}
-        cam.result = run_loop(cam.source, cam.task, routes, max_frames=cam.cfg.max_frames, start=start, stop=stop)
+        cam.result = run_loop(cam.source, cam.task, routes, max_frames=cam.cfg.max_frames, start=start, stop=stop,
+                              result=cam.live)  # fmt: skip
         cam.stats = {"camera": cam.cfg.name, "source": cam.source.description, **_base_stats(cam.result, cam.source),
                      **cam.task.summary(), "lost": cam.result.lost is not None}  # fmt: skip
     except BaseException as exc:  # noqa: BLE001 - reported by the main thread; one camera never stops the others
@@ -308,6 +312,8 @@ def _shared_outputs(cfg: RunConfig) -> dict[str, Any]:
         host, port = parse_host_port(cfg.serve)
         server = ViewServer(host, port, token=os.environ.get(cfg.token_env) or None, insecure=cfg.insecure)
         server.start()
+        for url in server.urls():
+            print(f"edgeae: view page: {url}", file=sys.stderr, flush=True)
         shared["server"] = server
     return shared
 
@@ -318,11 +324,19 @@ def run_cameras(cfg: RunConfig, stop: threading.Event | None = None) -> dict[str
     Returns ``{"cameras": {name: stats}, "exit_code": ...}``: 0 when every camera ended normally, 5 when all were
     lost, the signal's code when stopped; the first camera error (its own exit code) otherwise.
     """
-    from edge_runtime.pipeline import stop_signals
+    from edge_runtime.pipeline import LoopResult, stop_signals
 
     stop = stop or threading.Event()
-    cameras = [_Camera(c) for c in cfg.cameras]
+    cameras = [_Camera(c, live=LoopResult()) for c in cfg.cameras]
     shared = _shared_outputs(cfg)
+    if "server" in shared:
+        shared["server"].set_metrics(
+            lambda: {
+                c.cfg.name: loop_metrics(c.live, c.source, c.task)
+                for c in cameras
+                if c.source is not None and c.task is not None
+            }
+        )
     t0 = time.perf_counter()
     try:
         _open(cameras, _Models())

@@ -127,7 +127,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _compress_bundle(model: str | os.PathLike | Bundle) -> Bundle:
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    bundle = model if isinstance(model, Bundle) else load_bundle(model, hash_graphs=False)
     if bundle.task != "compress":
         raise ModelRejectedError(f"{bundle.root}: a {bundle.task} bundle; compression needs a compress bundle")
     return bundle
@@ -405,9 +405,9 @@ def _resolve_compress_model(model: str | os.PathLike | Bundle, quality: int | No
     else:
         path = Path(model)
         if path.is_dir() and not os.path.lexists(path / MANIFEST_NAME):
-            bundle = load_bundle(select_compress_bundle(path, quality))
+            bundle = load_bundle(select_compress_bundle(path, quality), hash_graphs=False)
         else:
-            bundle = load_bundle(path)
+            bundle = load_bundle(path, hash_graphs=False)
     bundle = _compress_bundle(bundle)
     if quality is not None and bundle_quality(bundle) != quality:
         raise UsageError(
@@ -466,7 +466,7 @@ def _decoder_for(header: bitstream.StreamHeader, where: str, model: Any, models_
             return Decoder(find_decoder_bundle(header.model_id, path), **kw)
     else:
         return Decoder(find_decoder_bundle(header.model_id, models_dir), **kw)
-    bundle = _compress_bundle(model if path is None else load_bundle(path))
+    bundle = _compress_bundle(model if path is None else load_bundle(path, hash_graphs=False))
     check_model_id(header, bundle_model_id(bundle), where)  # before the graph is even opened
     return Decoder(bundle, **kw)
 

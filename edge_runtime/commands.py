@@ -19,11 +19,13 @@ from edge_runtime.outputs import (
     EventsSink,
     FolderSink,
     ImageSink,
+    StatusSink,
     StreamSink,
     VideoSink,
     ViewSink,
     WindowSink,
     check_output,
+    loop_metrics,
     output_kind,
     write_json,
 )
@@ -386,7 +388,10 @@ def _run_routes(opts: RunOptions, src: Any) -> list[Route]:
             host, port = parse_host_port(opts.serve)
             server = ViewServer(host, port, token=opts.token, insecure=opts.insecure)
             server.start()
+            for url in server.urls():
+                print(f"edgeae: view page: {url}", file=sys.stderr, flush=True)
             routes.append(Route(ViewSink(server), "view"))
+            routes.append(Route(StatusSink(server), "event"))
         if opts.show:
             routes.append(Route(WindowSink(), "view"))
     except BaseException:
@@ -407,7 +412,7 @@ def run_pipeline(opts: RunOptions, on_frame: Any = None) -> dict:
 
     if opts.show and not gui_available():
         raise UsageError("--show: this OpenCV build has no GUI support (opencv-python-headless); use --serve")
-    bundle = load_bundle(opts.model)
+    bundle = load_bundle(opts.model, hash_graphs=False)  # each graph the task opens is hashed as it is read
     return run_task(opts, bundle, build_task(bundle, opts), on_frame)
 
 
@@ -428,7 +433,11 @@ def run_task(opts: RunOptions, bundle: Any, task: Any, on_frame: Any = None) -> 
     if hasattr(task, "hyst") and isinstance(src, ImageSource):
         task.hyst = None  # a folder of unrelated images: no smoothing across them
     start = {"task": bundle.task, "model": str(opts.model), "source": src.description}
-    res = run_loop(src, task, routes, max_frames=opts.max_frames, on_frame=on_frame, start=start,
+    res = LoopResult()
+    for route in routes:
+        if isinstance(route.sink, ViewSink):
+            route.sink.server.set_metrics(lambda: {"default": loop_metrics(res, src, task)})
+    res = run_loop(src, task, routes, max_frames=opts.max_frames, on_frame=on_frame, start=start, result=res,
                    progress=Progress("run", None, enabled=sys.stderr.isatty()))  # fmt: skip
     stats = {"model": str(opts.model), "task": bundle.task, "source": src.description, **_base_stats(res, src),
              **task.summary()}  # fmt: skip

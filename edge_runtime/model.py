@@ -323,12 +323,15 @@ def _check_schema_version(value: Any, where: str) -> None:
         raise ModelRejectedError(f"{where}: unknown schema version {value} (this edgeae knows {SCHEMA_VERSION})")
 
 
-def load_bundle(path: str | os.PathLike, skip: frozenset[str] = frozenset()) -> Bundle:
+def load_bundle(path: str | os.PathLike, skip: frozenset[str] = frozenset(), *, hash_graphs: bool = True) -> Bundle:
     """Open and verify a bundle: a directory holding ``manifest.json``, or the ``manifest.json`` path itself.
 
     Every listed file is checked (plain name, regular file, size within the cap and equal to ``bytes``, SHA-256
     equal to ``sha256``) before anything is parsed. Raises ModelRejectedError (exit 4) on any failure. ``skip``:
     listed files the caller is about to replace (``edgeae calibrate``: the statistics), left unverified.
+    ``hash_graphs=False``: graph files get every check but the SHA-256, because the caller opens the graphs it
+    needs with :func:`open_graph`, which hashes the bytes it reads (so a run hashes each graph it uses once, and
+    the check is on the very bytes onnxruntime gets).
     """
     path = Path(path)
     try:
@@ -380,7 +383,7 @@ def load_bundle(path: str | os.PathLike, skip: frozenset[str] = frozenset()) -> 
                 f"{root / name}: the anomaly statistics {MANIFEST_NAME} lists are missing; restore the file, or "
                 f"recalibrate: edgeae calibrate {root} --source SOURCE --out NEW_BUNDLE"
             )
-        graphs_key = _check_entry(root, name, entry, where)
+        graphs_key = _check_entry(root, name, entry, where, hash_graphs)
         if graphs_key is not None:
             if graphs_key in graphs:
                 raise ModelRejectedError(
@@ -392,7 +395,7 @@ def load_bundle(path: str | os.PathLike, skip: frozenset[str] = frozenset()) -> 
     return Bundle(root=root, manifest=manifest, task=task, contract=contract, calibration=calibration, _graphs=graphs)
 
 
-def _check_entry(root: Path, name: str, entry: Any, where: str) -> tuple[str, str] | None:
+def _check_entry(root: Path, name: str, entry: Any, where: str, hash_graphs: bool = True) -> tuple[str, str] | None:
     """Verify one listed file; return its (graph, precision) when it is a graph file."""
     if not isinstance(entry, dict):
         raise ModelRejectedError(f"{where}: manifest entry for {name} must be an object")
@@ -407,7 +410,8 @@ def _check_entry(root: Path, name: str, entry: Any, where: str) -> tuple[str, st
     if st.st_size != size:
         raise ModelRejectedError(f"{path}: size is {st.st_size} bytes, the manifest says {size}")
     # Hash while reading, in chunks: entropy tables and statistics need not be held whole here.
-    _hash_file(path, st, sha)
+    if hash_graphs or (entry.get("graph") is None and not name.endswith(".onnx")):
+        _hash_file(path, st, sha)
 
     graph, precision = entry.get("graph"), entry.get("precision")
     if graph is None and precision is None:
@@ -585,7 +589,7 @@ def bundle_of(model: str | os.PathLike | Bundle) -> Bundle | None:
         return model
     path = Path(model)
     if path.is_dir() or path.name == MANIFEST_NAME:
-        return load_bundle(path)
+        return load_bundle(path, hash_graphs=False)  # the graph opened next is hashed as it is read
     return None
 
 

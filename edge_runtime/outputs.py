@@ -453,6 +453,44 @@ class ViewSink:
         self.close()
 
 
+class StatusSink:
+    """A camera's state for the view page and ``/metrics``: each ``frame`` event line's score, threshold and alarm
+    go to ``server.set_status`` (route it on "event")."""
+
+    def __init__(self, server: Any, camera: str = "default"):
+        self.server, self.camera = server, camera
+        self.frames = 0
+        server.set_status(camera)  # listed on the page before its first frame
+
+    def write(self, line: dict, index: int = 0, name: str = "", timestamp: float = 0.0) -> None:
+        if line.get("type") == "frame":
+            self.frames += 1
+            fields = {k: line[k] for k in ("score", "threshold", "alarm", "bpp") if k in line}
+            if fields:
+                self.server.set_status(self.camera, **fields)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def loop_metrics(result: Any, source: Any, task: Any) -> dict[str, Any]:
+    """What ``/metrics`` shows of one running loop (edge_runtime.metrics.CAMERA_METRICS keys)."""
+    stages = result.clock.summary()
+    s = source.stats
+    pipeline = stages.get("capture") and {k: sum(st.get(k, 0.0) for st in stages.values())
+                                          for k in ("p50_ms", "p95_ms", "p99_ms")}  # fmt: skip
+    out = {"fps": result.fps_now(), "frames_processed": result.frames, "frames_dropped": s.frames_dropped,
+           "reconnects": s.reconnects, "alarms": getattr(task, "counts", {}).get("alarms", 0)}  # fmt: skip
+    if "inference" in stages:
+        out["inference"] = stages["inference"]
+    if pipeline:
+        out["pipeline"] = pipeline
+    return out
+
+
 class WindowSink:
     """An OpenCV window (``--show``; needs a GUI build). Esc or q ends the run like Ctrl-C."""
 

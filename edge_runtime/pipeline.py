@@ -59,8 +59,15 @@ class LoopResult:
     def interrupted(self) -> bool:
         return self.exit_code is not None
 
+    started: float = field(default_factory=time.perf_counter)
+
     def fps(self) -> float:
         return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def fps_now(self) -> float:
+        """Frames per second so far, while the loop runs."""
+        elapsed = time.perf_counter() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
 
 
 def _event_base(kind: str, frame: Any) -> dict[str, Any]:
@@ -158,7 +165,7 @@ def _abort_all(routes: list[Route]) -> None:
 def run_loop(source: Any, task: Task, routes: list[Route], *, start: dict[str, Any] | None = None,
              max_frames: int | None = None, progress: Progress | None = None,
              on_frame: Callable[[int], None] | None = None, keep_on_stop: bool = True,
-             stop: threading.Event | None = None) -> LoopResult:  # fmt: skip
+             stop: threading.Event | None = None, result: LoopResult | None = None) -> LoopResult:  # fmt: skip
     """Run ``task`` on every frame of ``source`` into ``routes`` until the source ends, ``max_frames``, a stop
     signal or a lost source. Closes the source; closes (finalises) or, on an error, aborts every sink.
 
@@ -168,9 +175,10 @@ def run_loop(source: Any, task: Task, routes: list[Route], *, start: dict[str, A
     return; False: abort them (file commands: the previous output stays as it was, RELIABILITY 17) and re-raise
     the interruption. Events are kept either way: they describe frames that were processed. ``stop``: an event
     another thread sets to end this loop like a stop signal (its ``signum`` attribute, if any, names the signal);
-    signal handlers are only installed when the loop runs in the main thread.
+    signal handlers are only installed when the loop runs in the main thread. ``result``: the LoopResult to fill
+    (a caller that reports while the loop runs, e.g. ``/metrics``, holds it).
     """
-    res = LoopResult()
+    res = result if result is not None else LoopResult()
     events = _Events(routes)
     t_start = time.perf_counter()
     interruption: KeyboardInterrupt | None = None

@@ -179,3 +179,48 @@ def test_events_of_every_camera_reach_a_real_broker(make_bundle, cams, tmp_path)
     finally:
         sub.close()
         broker.stop()
+
+
+def test_view_page_status_and_metrics_show_every_camera(make_bundle, cams, tmp_path, capfd):
+    import socket
+    import threading
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    servers = cams(2)
+    cfg_path = write_config(tmp_path / "c.toml", make_bundle(("anomaly",)), [s.url for s in servers],
+                            serve=f"127.0.0.1:{port}")  # fmt: skip
+    cfg_path.write_text(cfg_path.read_text().replace("max_frames = 20", "max_frames = 100000"))
+    stop = threading.Event()
+    runner = threading.Thread(target=lambda: run_cameras(load_config(cfg_path), stop=stop), daemon=True)
+    runner.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        status = {}
+        while time.monotonic() < deadline:
+            try:
+                status = json.loads(urllib.request.urlopen(base + "/status.json", timeout=2).read())
+            except OSError:
+                status = {}
+            cams_seen = status.get("cameras", status)
+            if (
+                isinstance(cams_seen, (dict, list))
+                and "score" in json.dumps(cams_seen)
+                and "cam1" in json.dumps(cams_seen)
+            ):
+                break
+            time.sleep(0.2)
+        assert "cam0" in json.dumps(status) and "cam1" in json.dumps(status) and "score" in json.dumps(status)
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=2).read().decode()
+        for cam in ("cam0", "cam1"):
+            line = [x for x in metrics.splitlines() if x.startswith(f'edgeae_frames_processed_total{{camera="{cam}"')]
+            assert line and float(line[0].split()[-1]) > 0
+        assert 'edgeae_inference_latency_seconds{camera="cam0",quantile="0.5"}' in metrics
+        assert "<img" in urllib.request.urlopen(base + "/", timeout=2).read().decode()
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert f"view page: http://127.0.0.1:{port}/" in capfd.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -122,3 +123,28 @@ def test_live_view_shows_the_alarm_and_the_scorers_box(make_bundle, tmp_path, mo
     assert stats["frames_processed"] == 10 and len(calls) == 10
     assert [c["alarm"] for c in calls] == [f["alarm"] for f in frames] and any(f["alarm"] for f in frames)
     assert [c["bbox"] for c in calls] == [tuple(f["bbox"]) if f["bbox"] else None for f in frames]
+
+
+def test_a_run_reads_and_hashes_each_graph_it_uses_once(make_bundle, video, monkeypatch):
+    """The bundle is loaded once and each graph hashed once, as its bytes are read for onnxruntime (it used to be
+    loaded and hashed three times per run: pipeline, scorer, open_graph)."""
+    from edge_runtime import model
+
+    loads, hashed = [], []
+    real_load, real_hash, real_read = model.load_bundle, model._hash_file, model.read_model_bytes
+    monkeypatch.setattr(model, "load_bundle", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(model, "_hash_file", lambda p, st, sha: hashed.append(p.name) or real_hash(p, st, sha))
+
+    def read(path, sha, **kw):
+        if sha is not None:
+            hashed.append(Path(path).name)
+        return real_read(path, sha, **kw)
+
+    monkeypatch.setattr(model, "read_model_bytes", read)
+    import edge_runtime.commands as commands
+
+    monkeypatch.setattr(commands, "load_bundle", model.load_bundle, raising=False)
+    bundle = make_bundle(("anomaly",), precisions=("fp32", "fp16"))
+    run_pipeline(RunOptions(model=str(bundle), source=str(video)))
+    assert len(loads) == 1
+    assert sorted(hashed) == ["anomaly.fp32.onnx"]  # the fp16 file is never read, the fp32 one once
