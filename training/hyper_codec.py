@@ -190,6 +190,24 @@ def int_hyper_features(net: IntHyperSynthesis, z_hat: torch.Tensor) -> tuple[tor
     return x, idx.to(torch.int64)
 
 
+def gaussian_pmfs(cfg: HyperConfig, tail: float = 1e-9) -> list[tuple[np.ndarray, int]]:
+    """For each entry of the scale table: (pmf float64 (K_i,), offset_i), the probability of the integers
+    offset_i .. offset_i + K_i - 1 under N(0, scale_i) integrated over unit intervals, cut where the two tails
+    hold less than ``tail`` (the rest is the coder's escape). Export turns these into integer tables; widths
+    differ per table (3 symbols at the smallest scale, about 3,100 at 256)."""
+    from math import erfc, sqrt
+
+    out = []
+    for s in cfg.scale_table():
+        r = 0
+        while erfc((r + 0.5) / (s * sqrt(2))) > tail:  # mass beyond +-(r + 0.5), both tails
+            r += 1
+        v = np.arange(-r, r + 1, dtype=np.float64)
+        cdf = np.array([0.5 * erfc(-(u / (s * sqrt(2)))) for u in np.append(v - 0.5, r + 0.5)])
+        out.append((np.diff(cdf), -r))
+    return out
+
+
 def gaussian_likelihood(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Mass of [v - 0.5, v + 0.5] under N(0, scale), evaluated on the tail side (CompressAI's form)."""
     v = v.abs()

@@ -18,6 +18,8 @@ from training.checkpoint import load_run  # noqa: E402
 from training.hyper_codec import (  # noqa: E402
     HyperCodec,
     HyperConfig,
+    gaussian_likelihood,
+    gaussian_pmfs,
     int_hyper_features,
     macs_per_pixel,
     rd_loss,
@@ -185,3 +187,18 @@ def test_arch_is_checked():
         TrainConfig(task="denoise", arch="hyper")
     with pytest.raises(UsageError):
         TrainConfig(task="compress", arch="gdn")
+
+
+def test_gaussian_pmfs_follow_the_scale_table_and_the_training_likelihood():
+    cfg = HyperConfig()
+    pmfs = gaussian_pmfs(cfg)
+    assert len(pmfs) == cfg.table_size
+    widths = [len(p) for p, _ in pmfs]
+    assert widths == sorted(widths) and widths[0] <= 5 and widths[-1] < 4096
+    for (p, off), s in zip(pmfs, cfg.scale_table(), strict=True):
+        assert off == -(len(p) // 2) and 1 - 1e-9 <= p.sum() <= 1 and np.allclose(p, p[::-1])
+        assert len(p) >= 2 * 5.5 * s  # the 1e-9 tails lie beyond about 6.1 sigma
+    p, off = pmfs[30]
+    v = torch.arange(off, off + len(p), dtype=torch.float64)
+    lik = gaussian_likelihood(v, torch.tensor(cfg.scale_table()[30]))
+    assert np.allclose(lik.numpy(), np.maximum(p, 1e-9), rtol=1e-6, atol=1e-12)
