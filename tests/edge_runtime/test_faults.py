@@ -114,15 +114,18 @@ def _limited(limit_bytes: int):
     return setup
 
 
-@pytest.mark.parametrize("output", ["out.avi", "out.mkv"])
-def test_full_disk_under_a_video_output_is_exit_3_and_keeps_the_previous_file(make_bundle, tmp_path, output):
+@pytest.mark.parametrize("command, output", [("denoise", "out.avi"), ("denoise", "out.mkv"), ("run", "rec.avi")])
+def test_full_disk_under_a_video_output_is_exit_3_and_keeps_the_previous_file(make_bundle, tmp_path, command, output):
     clip = write_clip(tmp_path / "clip.mkv", 300, size=(96, 64))
     out = tmp_path / "res"
     out.mkdir()
     target = out / output
     target.write_bytes(b"previous")
-    res = subprocess.run([*EDGEAE, "denoise", str(make_bundle(("denoise",))), str(clip), "-o", str(target)],
-                         capture_output=True, text=True, preexec_fn=_limited(60_000), timeout=120)  # fmt: skip
+    bundle = str(make_bundle(("denoise",)))
+    argv = ([command, bundle, str(clip), "-o", str(target)] if command == "denoise"
+            else [command, bundle, "--source", str(clip), "--record", str(target)])  # fmt: skip
+    res = subprocess.run([*EDGEAE, *argv], capture_output=True, text=True, preexec_fn=_limited(60_000),
+                         timeout=120)  # fmt: skip
     assert res.returncode == errors.BAD_DATA, res.stderr
     err_lines = [x for x in res.stderr.splitlines() if x.startswith("edgeae: error")]
     assert len(err_lines) == 1 and str(target) in err_lines[0] and "Traceback" not in res.stderr
