@@ -70,6 +70,10 @@ class RunConfig:
     serve: str | None = None
     token_env: str = "EDGEAE_TOKEN"
     insecure: bool = False
+    clips: str | None = None  # a folder; each camera's clips in its own subfolder
+    pre_roll: float = 5.0
+    post_roll: float = 5.0
+    clips_max_mb: float = 500.0
     mqtt: MqttConfig | None = None
     path: str = ""
 
@@ -233,10 +237,20 @@ def _routes(cam: _Camera, shared: dict[str, Any], cfg: RunConfig) -> list[Any]:
     if cam.cfg.record:
         check_output(cam.cfg.record, "file", [cam.cfg.source])
         routes.append(Route(VideoSink(cam.cfg.record, fps=cam.source.fps or 25.0), "view"))
+    event_sinks = []
     if "events" in shared:
-        routes.append(Route(_Tagged(shared["events"], cam.cfg.name), "event"))
+        event_sinks.append(_Tagged(shared["events"], cam.cfg.name))
     if cfg.mqtt is not None:
-        routes.append(Route(_Tagged(_mqtt_sink(cfg.mqtt, cam.cfg.name), cam.cfg.name, owner=True), "event"))
+        event_sinks.append(_Tagged(_mqtt_sink(cfg.mqtt, cam.cfg.name), cam.cfg.name, owner=True))
+    if cfg.clips:  # before the event sinks: a clip's last line comes before they close
+        from edge_runtime.commands import clip_routes
+
+        def emit(line: dict) -> None:
+            for sink in event_sinks:
+                sink.write(line)
+
+        routes.extend(clip_routes(cfg.clips, cam.cfg.name, cfg, emit=emit))
+    routes.extend(Route(sink, "event") for sink in event_sinks)
     if "server" in shared:
         routes.append(Route(ViewSink(shared["server"], camera=cam.cfg.name, owner=False), "view"))
         routes.append(Route(StatusSink(shared["server"], cam.cfg.name), "event"))

@@ -354,6 +354,15 @@ def decompress(stream, output, model, models_dir, frame, precision, device, allo
 @click.option("--events", type=click.Path(), default=None, help="Anomaly events as JSONL (anomaly models).")
 @click.option("--stats", "stats_path", type=click.Path(), default=None, help="Write run statistics as JSON.")
 @click.option("--max-frames", type=click.IntRange(1), default=None, help="Stop after this many frames.")
+@click.option("--clips", type=click.Path(), default=None,
+              help="Anomaly models: a clip of each alarm (from --pre-roll seconds before it to --post-roll after) "
+                   "and a snapshot into this folder, the oldest deleted past --clips-max-mb.")  # fmt: skip
+@click.option("--pre-roll", type=click.FloatRange(0, 120), default=5.0, show_default=True,
+              help="Seconds of a clip before its alarm.")  # fmt: skip
+@click.option("--post-roll", type=click.FloatRange(0, 600), default=5.0, show_default=True,
+              help="Seconds of a clip after its alarm ends.")  # fmt: skip
+@click.option("--clips-max-mb", type=click.FloatRange(1), default=500.0, show_default=True,
+              help="Size cap of the clips folder.")  # fmt: skip
 @click.option("--adapt", is_flag=True,
               help="Anomaly models: slowly re-calibrate on frames that are not alarming (lighting through a day), "
                    "with a cap on drift; the bundle on disk is not changed.")  # fmt: skip
@@ -363,8 +372,9 @@ def decompress(stream, output, model, models_dir, frame, precision, device, allo
 @click.option("--reconnects", type=click.IntRange(0), default=5, show_default=True,
               help="Reconnect attempts (capped exponential backoff) before giving up with exit 5.")  # fmt: skip
 @runtime_options
-def run(model, config_path, source, show, serve, token, insecure, record, events, stats_path, max_frames, adapt,
-        open_timeout, read_timeout, reconnects, precision, device, allow_fallback, threads):  # fmt: skip
+def run(model, config_path, source, show, serve, token, insecure, record, events, stats_path, max_frames, clips,
+        pre_roll, post_roll, clips_max_mb, adapt, open_timeout, read_timeout, reconnects, precision, device,
+        allow_fallback, threads):  # fmt: skip
     """The live loop: frames from SOURCE -> MODEL -> window, MJPEG view, recording, events.
 
     Live sources drop old frames (newest wins) and reconnect with backoff; files are processed frame by frame
@@ -382,6 +392,7 @@ def run(model, config_path, source, show, serve, token, insecure, record, events
         raise errors.UsageError("run: pass MODEL and --source SOURCE (or --config FILE for several cameras)")
     opts = RunOptions(model=model, source=source, show=show, serve=serve, token=token, insecure=insecure,
                       record=record, events=events, stats=stats_path, max_frames=max_frames, adapt=adapt,
+                      clips=clips, pre_roll=pre_roll, post_roll=post_roll, clips_max_mb=clips_max_mb,
                       open_timeout=open_timeout, read_timeout=read_timeout, reconnects=reconnects,
                       precision=precision, device=device, allow_fallback=allow_fallback, threads=threads)  # fmt: skip
     with _reporting(None):

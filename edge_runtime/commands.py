@@ -317,6 +317,10 @@ class RunOptions:
     threads: int | None = None
     annotate: bool = True
     adapt: bool = False
+    clips: str | None = None  # a folder: event clips with pre-roll and snapshots (edge_runtime.clips)
+    pre_roll: float = 5.0
+    post_roll: float = 5.0
+    clips_max_mb: float = 500.0
 
 
 def gui_available() -> bool:
@@ -380,8 +384,11 @@ def _run_routes(opts: RunOptions, src: Any) -> list[Route]:
     try:
         if opts.record:
             routes.append(Route(VideoSink(opts.record, fps=src.fps or 25.0), "view"))
-        if opts.events:
-            routes.append(Route(EventsSink(opts.events), "event"))
+        events = EventsSink(opts.events) if opts.events else None
+        if opts.clips:
+            routes.extend(clip_routes(opts.clips, "default", opts, emit=events.write if events else None))
+        if events is not None:  # after the clip recorder: its last line comes before the log closes
+            routes.append(Route(events, "event"))
         if opts.serve:
             from edge_runtime.serve import ViewServer
 
@@ -399,6 +406,15 @@ def _run_routes(opts: RunOptions, src: Any) -> list[Route]:
             r.sink.abort()
         raise
     return routes
+
+
+def clip_routes(folder: str, camera: str, opts: Any, emit: Any = None) -> list[Route]:
+    """The routes of one camera's event clips (:class:`edge_runtime.clips.ClipRecorder`): alarms in, frames in."""
+    from edge_runtime.clips import ClipRecorder
+
+    rec = ClipRecorder(folder, camera, pre_s=opts.pre_roll, post_s=opts.post_roll,
+                       max_bytes=int(opts.clips_max_mb * 1024 * 1024), emit=emit)  # fmt: skip
+    return [Route(rec.events(), "event"), Route(rec.frames(), "view")]
 
 
 def run_pipeline(opts: RunOptions, on_frame: Any = None) -> dict:

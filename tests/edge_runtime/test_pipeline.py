@@ -148,3 +148,27 @@ def test_a_run_reads_and_hashes_each_graph_it_uses_once(make_bundle, video, monk
     run_pipeline(RunOptions(model=str(bundle), source=str(video)))
     assert len(loads) == 1
     assert sorted(hashed) == ["anomaly.fp32.onnx"]  # the fp16 file is never read, the fp32 one once
+
+
+def test_run_clips_an_alarm_with_its_pre_roll(make_bundle, tmp_path):
+    clip = tmp_path / "c.mkv"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"FFV1"), 10, (64, 48))
+    for i in range(60):
+        f = np.full((48, 64, 3), 20, np.uint8)
+        if 30 <= i < 40:
+            cv2.rectangle(f, (8, 8), (56, 40), (255, 255, 255), -1)
+        w.write(f)
+    w.release()
+    ev, clips = tmp_path / "ev.jsonl", tmp_path / "clips"
+    bundle = make_bundle(("anomaly",), metadata={"edgeae.anomaly.threshold": "100"})
+    res = CliRunner().invoke(cli, ["run", str(bundle), "--source", str(clip), "--events", str(ev), "--clips",
+                                   str(clips), "--pre-roll", "2", "--post-roll", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in ev.read_text().splitlines()]
+    (start,) = [e for e in lines if e["type"] == "alarm" and e["event"] == "start"]
+    (made,) = [e for e in lines if e["type"] == "clip"]
+    assert lines[-1]["type"] == "end" and Path(made["clip"]).is_file() and Path(made["snapshot"]).is_file()
+    assert made["first_time"] <= start["time"] - 2.0 + 1e-6  # the pre-roll reaches 2 s back
+    cap = cv2.VideoCapture(made["clip"])
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == made["frames"] >= 20
+    cap.release()
