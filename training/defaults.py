@@ -31,7 +31,7 @@ RECIPES: dict[str, dict] = {
     },
     # Codec v2 (docs/codec-v2.md): one variable-rate integer-hyperprior model, a long one-thread CPU run (resumable).
     "compress-hyper": dict(task="compress", arch="hyper", data="{data}/photos_train,samples", channels=3, crop=192,
-                           batch=4, lr=1e-3, steps=120000, val_every=500, log_every=100),
+                           batch=4, lr=3e-4, steps=120000, val_every=500, log_every=100),
 }  # fmt: skip
 OPT_IN = {"compress-hyper"}  # trained only when named with --only (not part of `make models` yet)
 
