@@ -218,11 +218,22 @@ def _pipeline_table(rows: list[dict]) -> dict[str, Any]:
     keys = ("resolution", "frames", "pipeline_fps", "session_fps", "ratio")
     return _table(
         "edgeae run (full pipeline) vs bare session.run",
-        ["model", "device", "video", "frames", "pipeline frames/s", "session.run frames/s", "ratio"],
-        [[p["model"], p.get("device", "cpu"), *(p[k] for k in keys)] for p in rows],
-        note="pipeline: run_pipeline on an MJPEG .avi (capture thread, decode, conversion, padding, inference, "
-        "outputs); bare: session.run on the same frames already decoded",
+        ["model", "device", "video", "frames", "pipeline frames/s", "session.run frames/s", "ratio", "rounds"],
+        [[p["model"], p.get("device", "cpu"), *(p[k] for k in keys), _rounds(p)] for p in rows],
+        note="pipeline: edgeae run's loop (commands.run_task) on an MJPEG .avi, no outputs (capture thread, "
+        "decode, conversion, padding, inference, post-processing, events); bare: session.run of the same "
+        "sessions on the same frames already decoded and prepared. Interleaved: after a warm-up, rounds over the "
+        "whole video alternate the two (order swapped each round); frames/s are steady-state medians, ratio the "
+        "median of the rounds' ratios (the rounds column gives their range)",
     )
+
+
+def _rounds(p: dict) -> str:
+    if not p.get("rounds"):
+        return ""
+    if p.get("ratio_min") is None:
+        return str(p["rounds"])
+    return f"{p['rounds']} ({p['ratio_min']:.3f}-{p['ratio_max']:.3f})"
 
 
 # --------------------------------------------------------------------------------------------------------------

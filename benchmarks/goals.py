@@ -12,7 +12,11 @@ from typing import Any
 INT8_TARGET = 2.0  # INT8 over FP32 onnxruntime speed-up, at least
 TORCH_TARGET = 1.3  # FP32 onnxruntime over PyTorch eager speed-up, at least
 GPU_TARGET = 1.5  # CUDA uint8->uint8 over PyTorch FP16 channels-last (model only) time, at most
-PIPELINE_TARGET = 0.85  # `edgeae run` throughput over bare session.run, at least
+# `edgeae run` throughput over bare session.run at 640x480, at least (interleaved, median of rounds): issue 14's
+# targets for denoise and anomaly; other tasks (the codec, whose loop also entropy-codes and decodes for the
+# view) keep the earlier target.
+PIPELINE_TARGETS = {"denoise": 0.93, "anomaly": 0.90}
+PIPELINE_TARGET = 0.85
 BM3D_PSNR_MARGIN = 0.0  # dB above BM3D on the same gray BSD68 images, at least
 BM3D_SPEEDUP = 10.0  # times faster than BM3D, at least
 NLM_PSNR_MARGIN = 1.5  # dB above fastNlMeansDenoisingColored on colour Set14, at least
@@ -129,17 +133,24 @@ def _gpu_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _pipeline_goals(results: dict[str, Any]) -> list[dict]:
+    """`edgeae run` against bare session.run per model and device: the median of the interleaved rounds' ratios."""
     goals = []
     for p in results.get("pipeline", []):
         r = p["ratio"]
+        target = PIPELINE_TARGETS.get(p.get("task", ""), PIPELINE_TARGET)
+        note = f"{p['pipeline_fps']:.1f} vs {p['session_fps']:.1f} frames/s"
+        if p.get("rounds"):
+            note += f"; median of {p['rounds']} interleaved rounds"
+            if p.get("ratio_min") is not None:
+                note += f" ({p['ratio_min']:.3f}-{p['ratio_max']:.3f})"
         goals.append(
             _goal(
                 f"edgeae run throughput / bare session.run, 640x480 video, {p.get('device', 'cpu')}",
                 p["model"],
                 r,
-                f">= {PIPELINE_TARGET * 100:.0f} %",
-                None if r is None else r >= PIPELINE_TARGET,
-                f"{p['pipeline_fps']:.1f} vs {p['session_fps']:.1f} frames/s",
+                f">= {target * 100:.0f} %",
+                None if r is None else r >= target,
+                note,
                 "ratio",
             )
         )

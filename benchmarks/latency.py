@@ -1,31 +1,47 @@
 """Latency of model bundles, stage by stage, on onnxruntime; and the full `edgeae run` loop against bare session.run.
 
 One measured *iteration* handles ``batch`` frames of one resolution through one graph, in the stages a device
-pays for (only those that apply to the graph are timed):
+pays for (only those that apply to the graph are timed). Every stage but ``decode`` runs the runtime's own code
+(``edge_runtime``), never a copy of it: what is timed is what ``edgeae run`` and the file commands execute.
 
 =============  ==============================================================================================
-decode         ``cv2.imdecode`` of each frame's JPEG (q90), as from a file, an MJPEG camera or a stream
-preprocess     channel conversion (BGR to gray for gray models), reflection padding to ``input_multiple``,
-               stacking into the ``(N, H, W, C)`` uint8 feed (the rest of preprocessing is inside the graph)
-entropy        encoder: rANS coding of each frame's latents; decoder: rANS decoding (edge_runtime.entropy)
-inference      :meth:`edge_runtime.session.RuntimeGraph.run` (feed checks + ``session.run``; I/O binding on
-               GPUs)
-postprocess    crop back to the frame size; anomaly: score normalisation and the heat-map overlay
-write          the output as bytes: ``cv2.imencode`` JPEG q90 of the output frame (what a recorder or the
-               MJPEG view does), or the ``.eae`` container for the encoder
+decode         ``cv2.imdecode`` of each frame's JPEG (q90) to (H, W, 3) BGR, as the runtime's sources deliver a
+               frame from a file, an MJPEG camera or a stream (gray models too: conversion is preprocessing)
+preprocess     :meth:`edge_runtime.session.RuntimeGraph.prepare_frame` per frame (channel conversion, reflection
+               padding to ``input_multiple``); a batch stacks the prepared frames into the ``(N, H', W', C)``
+               uint8 feed (batch 1: the batch axis is a view, as ``run_frame`` adds it)
+inference      :meth:`edge_runtime.session.RuntimeGraph.run` (feed and output checks + ``session.run``; I/O binding
+               on GPUs), one call for the batch
+postprocess    what the runtime's task does with one frame's share of the outputs: denoise:
+               :meth:`~edge_runtime.session.RuntimeGraph.finish_frame` (crop); anomaly: the whole
+               :class:`edge_runtime.anomaly.ScoreTask` ``process`` after its graph call (crop, the scorer's grid,
+               normalisation, window map and box, hysteresis, the event fields, :func:`edge_runtime.overlay.overlay`;
+               with a registration reference also ``FrameAligner.align``, which the runtime runs before the
+               graph); decoder: :meth:`edge_runtime.codec.Decoder.reconstruct` after its graph call (checks, crop)
+entropy        encoder: :class:`edge_runtime.codec.CompressTask` ``process`` after the graph call (the latent's checks
+               and crop in ``Encoder.latent``, rANS coding in ``Encoder.record``, bits per pixel); decoder:
+               :meth:`edge_runtime.codec.Decoder.latent` (record checks, rANS decoding)
+write          the output frame through the runtime's MJPEG view (``ViewSink`` -> ``ViewServer.publish``: gray to
+               BGR, JPEG q80; a server that is never started, so no socket), or for the encoder the ``.eae``
+               stream bytes of the frames' records (:func:`edge_runtime.bitstream.pack_stream`)
 =============  ==============================================================================================
+
+The runtime runs one frame per graph call; a batch here is one call on stacked frames, and the task code after
+it runs per frame on that frame's slice of the outputs (:class:`_Replay` answers the task's graph call from the
+batch's outputs, so the graph does not run twice).
 
 Everything here is numpy, OpenCV and onnxruntime: no PyTorch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,33 +209,19 @@ def test_frames(width: int, height: int, count: int, noise_sigma: float = 0.0, s
     return out
 
 
-def to_channels(frame: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W, 3) BGR -> (H, W, channels): gray through cv2 for 1 channel."""
-    if channels == 1:
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, :, None]
-    return frame
+def stack_feed(graph: RuntimeGraph, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """``(feed, pads)``: the ``(N, H', W', C)`` uint8 feed of ``frames`` for ``graph`` and each frame's padding.
 
-
-def pad_to(frame: np.ndarray, multiple: int) -> np.ndarray:
-    """Reflection-pad (H, W, C) on the bottom and right to multiples of ``multiple`` (as RuntimeGraph.run_frame)."""
-    h, w = frame.shape[:2]
-    ph, pw = -h % multiple, -w % multiple
-    if not (ph or pw):
-        return frame
-    out = cv2.copyMakeBorder(frame, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
-    return out[:, :, None] if out.ndim == 2 else out
-
-
-def make_feed(frames: Sequence[np.ndarray], channels: int, multiple: int) -> np.ndarray:
-    """The (N, H', W', C) uint8 feed of a batch of BGR frames (converted, padded, stacked)."""
-    return np.ascontiguousarray(np.stack([pad_to(to_channels(f, channels), multiple) for f in frames]))
-
-
-def entropy_tables(bundle: Bundle) -> Any:
-    """The integer CDF tables of a compression bundle (``entropy.json``, re-verified against the manifest)."""
-    from edge_runtime.codec import load_tables
-
-    return load_tables(bundle)
+    frames: (H, W, 3) uint8 BGR (or what :meth:`RuntimeGraph.prepare_frame` takes), all of one size. Each goes
+    through the runtime's own preprocessing, ``prepare_frame`` (channel conversion, reflection padding to
+    ``edgeae.input_multiple``); one frame gets its batch axis as a view, as ``run_frame`` does, more are stacked.
+    pads: ``(bottom, right)`` per frame, for :meth:`RuntimeGraph.finish_frame`.
+    """
+    prepared = [graph.prepare_frame(f) for f in frames]
+    pads = [pad for _, pad in prepared]
+    if len(prepared) == 1:
+        return prepared[0][0][None], pads
+    return np.stack([x for x, _ in prepared]), pads
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -342,36 +344,142 @@ def timed_loop(
 
 
 def _jpeg(frame: np.ndarray) -> np.ndarray:
+    """JPEG q90 bytes of a test frame: the input the ``decode`` stage starts from (not a runtime stage)."""
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise RuntimeError("cv2.imencode JPEG failed")
     return buf
 
 
-def _overlay(frame: np.ndarray, amap: np.ndarray) -> np.ndarray:
-    heat = cv2.applyColorMap(np.clip(amap * 255.0 * 2.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    base = frame if frame.ndim == 3 and frame.shape[2] == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    return cv2.addWeighted(base, 0.6, heat, 0.4, 0.0)
+class _Replay:
+    """Stands in for a :class:`RuntimeGraph` whose batched call already ran (timed as ``inference``), so that the
+    runtime's own task code can do its per-frame work around that call without running the graph again.
+
+    :meth:`load` takes the batch's outputs and each frame's padding; :meth:`select` picks a frame. Then
+    ``run(feeds)`` answers as :meth:`RuntimeGraph.run` would for that frame alone (its slice of every output),
+    and ``run_frame(frame)`` as :meth:`RuntimeGraph.run_frame` would (that slice through
+    :meth:`RuntimeGraph.finish_frame`, which crops it to ``frame``'s size).
+    """
+
+    def __init__(self, graph: RuntimeGraph):
+        self.info, self.providers, self.device = graph.info, graph.providers, graph.device
+        self._outputs: dict[str, np.ndarray] = {}
+        self._pads: list[tuple[int, int]] = []
+        self._index = 0
+
+    def load(self, outputs: dict[str, np.ndarray], pads: list[tuple[int, int]]) -> None:
+        self._outputs, self._pads = outputs, pads
+
+    def select(self, index: int) -> None:
+        self._index = index
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        i = self._index
+        return {name: array[i : i + 1] for name, array in self._outputs.items()}
+
+    def run_frame(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        return RuntimeGraph.finish_frame(self.run({}), frame.shape[:2], self._pads[self._index])
+
+
+def _replaying(part: Any, graph: RuntimeGraph) -> tuple[Any, _Replay]:
+    """A shallow copy of a runtime object (scorer, encoder, decoder) whose graph is a :class:`_Replay` of ``graph``."""
+    replay = _Replay(graph)
+    twin = copy.copy(part)
+    twin.graph = replay
+    return twin, replay
+
+
+def _view_sink() -> Any:
+    """The runtime's MJPEG view output on a server that is never started: ``write`` encodes, nothing is sent."""
+    from edge_runtime.outputs import ViewSink
+    from edge_runtime.serve import ViewServer
+
+    return ViewSink(ViewServer())
+
+
+def _after_graph(
+    graph_name: str, part: Any
+) -> tuple[_Replay, str, Callable[[int, np.ndarray], Any], Callable[[list[Any]], None]]:
+    """``(replay, stage, process, write)``: what the runtime does with frame ``i`` (``im``, as decoded) after its
+    graph call, ``process(i, im)``, answered by ``replay`` from the batch's outputs and timed as ``stage``; and
+    ``write(results)``, the iteration's output. See the module docstring for each graph."""
+    from edge_runtime.sources import Frame
+
+    twin, replay = _replaying(part, part.graph)
+    sink = _view_sink()
+
+    def view(images: list[np.ndarray]) -> None:
+        for image in images:
+            sink.write(image)
+
+    if graph_name == "denoise":
+        return replay, "postprocess", lambda i, im: replay.run_frame(im)["denoised"], view
+    if graph_name == "anomaly":
+        from edge_runtime.anomaly import ScoreTask
+
+        score = ScoreTask(twin, smooth=True, annotate=True)
+        return replay, "postprocess", lambda i, im: score.process(Frame(i, float(i), im)).image, view
+
+    from edge_runtime.bitstream import pack_stream
+    from edge_runtime.codec import CompressTask
+
+    graph = part.graph
+    if part.multiple != graph.info.input_multiple:
+        raise ModelRejectedError(
+            f"{graph.info.path}: the encoder pads frames to {part.multiple}, prepare_frame to input_multiple "
+            f"{graph.info.input_multiple}; this benchmark feeds the encoder prepare_frame's frames"
+        )
+    code = CompressTask(twin)
+
+    def stream(records: list[Any]) -> None:
+        pack_stream(part.model_id, part.quality, records)
+
+    return replay, "entropy", lambda i, im: code.process(Frame(i, float(i), im)).record, stream
 
 
 class GraphBench:
-    """A bundle opened for measurement: its graphs per precision and device, plus what the stages need."""
+    """A bundle opened for measurement, one session per graph, precision and device.
+
+    :meth:`part` is the runtime object that runs a graph in the commands (:class:`~edge_runtime.denoise.Denoiser`,
+    :class:`~edge_runtime.anomaly.AnomalyScorer`, :class:`~edge_runtime.codec.Encoder` /
+    :class:`~edge_runtime.codec.Decoder`), what the latency steps time; :meth:`graph` the checked graph alone,
+    what the graph-level comparisons feed (any graph that keeps the bundle contract, also one the task objects
+    would refuse, such as a codec with another latent stride). Once the part exists, its graph is the graph.
+    """
 
     def __init__(self, ref: BundleRef, threads: int):
         self.ref = ref
         self.threads = threads
         self._graphs: dict[tuple[str, str, str], RuntimeGraph] = {}
-        self._tables = entropy_tables(ref.bundle) if ref.task == "compress" else None
+        self._parts: dict[tuple[str, str, str], Any] = {}
+
+    def part(self, graph: str, precision: str, device: str = "cpu") -> Any:
+        """The runtime object for one graph, made once; ModelRejectedError where the runtime would refuse it."""
+        key = (graph, precision, device)
+        if key not in self._parts:
+            from edge_runtime.anomaly import AnomalyScorer
+            from edge_runtime.codec import Decoder, Encoder
+            from edge_runtime.denoise import Denoiser
+
+            kinds = {"denoise": Denoiser, "anomaly": AnomalyScorer, "encoder": Encoder, "decoder": Decoder}
+            if graph not in kinds:
+                raise UsageError(f"{self.ref.name}: no runtime task runs a graph named {graph!r}")
+            self._parts[key] = kinds[graph](self.ref.bundle, precision, device, self.threads)
+            self._graphs.pop(key, None)  # its session replaces the one opened alone
+        return self._parts[key]
 
     def graph(self, graph: str, precision: str, device: str = "cpu") -> RuntimeGraph:
         """The opened graph; a missing provider or a graph whose inputs break the contract: ModelRejectedError."""
         key = (graph, precision, device)
+        if key in self._parts:
+            return self._parts[key].graph
         if key not in self._graphs:
             self._graphs[key] = open_graph(self.ref.bundle, graph, precision, device=device, threads=self.threads)
         return self._graphs[key]
 
     def close(self) -> None:
         self._graphs.clear()
+        self._parts.clear()
 
     def measure(
         self,
@@ -386,11 +494,9 @@ class GraphBench:
         budget_s: float,
     ) -> Measurement:
         """Time one configuration, all stages (see the module docstring)."""
-        graph = self.graph(graph_name, precision, device)
+        graph = self.part(graph_name, precision, device).graph
         frames = test_frames(width, height, batch, seed=batch)
-        jpegs = [_jpeg(f) for f in frames]
-        channels, multiple = self.ref.channels, graph.info.input_multiple
-        step, pixels = self._step(graph_name, graph, frames, jpegs, channels, multiple, width, height)
+        step, pixels = self._step(graph_name, precision, device, frames)
         stages, total = timed_loop(step, warmup, repeat, budget_s)
         macs = graph_macs_per_pixel(graph)
         gops = achieved_gops(macs, pixels, batch, stages["inference"].p50_ms / 1000.0)
@@ -399,127 +505,74 @@ class GraphBench:
         return Measurement(cfg, ordered, total, macs, pixels, gops, list(graph.providers))
 
     def _step(
-        self,
-        graph_name: str,
-        graph: RuntimeGraph,
-        frames: list[np.ndarray],
-        jpegs: list[np.ndarray],
-        channels: int,
-        multiple: int,
-        width: int,
-        height: int,
+        self, graph_name: str, precision: str, device: str, frames: list[np.ndarray]
     ) -> tuple[Callable[[StageTimer], None], int]:
-        flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-        ph, pw = height + (-height % multiple), width + (-width % multiple)
+        """The measured iteration for ``frames`` and the pixels per frame the graph computes on (padded size)."""
+        part = self.part(graph_name, precision, device)
+        if graph_name == "decoder":
+            return self._decoder_step(part, device, frames)
+        graph = part.graph
+        jpegs = [_jpeg(f) for f in frames]
+        padded = graph.prepare_frame(frames[0])[0].shape[:2]
+        replay, post, process, write = _after_graph(graph_name, part)
 
-        def decode_pre(t: StageTimer) -> np.ndarray:
+        def step(t: StageTimer) -> None:
             with t.stage("decode"):
-                imgs = [cv2.imdecode(b, flag) for b in jpegs]
+                imgs = [cv2.imdecode(b, cv2.IMREAD_COLOR) for b in jpegs]
             with t.stage("preprocess"):
-                batch = np.ascontiguousarray(
-                    np.stack([pad_to(im if im.ndim == 3 else im[:, :, None], multiple) for im in imgs])
-                )
-            return batch
+                x, pads = stack_feed(graph, imgs)
+            with t.stage("inference"):
+                replay.load(graph.run({"frame": x}), pads)
+            with t.stage(post):
+                outs = []
+                for i, im in enumerate(imgs):
+                    replay.select(i)
+                    outs.append(process(i, im))
+            with t.stage("write"):
+                write(outs)
 
-        if graph_name == "denoise":
+        return step, padded[0] * padded[1]
 
-            def step(t: StageTimer) -> None:
-                x = decode_pre(t)
-                with t.stage("inference"):
-                    y = graph.run({"frame": x})["denoised"]
-                with t.stage("postprocess"):
-                    outs = [np.ascontiguousarray(y[i, :height, :width]) for i in range(len(y))]
-                with t.stage("write"):
-                    for o in outs:
-                        _jpeg(o)
-
-            return step, ph * pw
-
-        if graph_name == "anomaly":
-            mean, std = _anomaly_norm(self.ref.bundle, graph)
-
-            def step(t: StageTimer) -> None:
-                x = decode_pre(t)
-                with t.stage("inference"):
-                    out = graph.run({"frame": x})
-                with t.stage("postprocess"):
-                    scores = (out["score"].astype(np.float64) - mean) / std
-                    views = [
-                        _overlay(x[i, :height, :width], out["anomaly_map"][i, :height, :width]) for i in range(len(x))
-                    ]
-                    del scores
-                with t.stage("write"):
-                    for v in views:
-                        _jpeg(v)
-
-            return step, ph * pw
-
-        from edge_runtime.bitstream import FrameRecord, pack_stream
-        from edge_runtime.codec import bundle_model_id, bundle_quality
-        from edge_runtime.entropy import decode_latents, encode_latents
-
-        tables = self._tables
-        if graph_name == "encoder":
-            model_id, quality = bundle_model_id(self.ref.bundle), bundle_quality(self.ref.bundle)
-
-            def step(t: StageTimer) -> None:
-                x = decode_pre(t)
-                with t.stage("inference"):
-                    lat = graph.run({"frame": x})["latent"]
-                with t.stage("entropy"):
-                    payloads = [encode_latents(np.ascontiguousarray(lat[i]), tables) for i in range(len(lat))]
-                with t.stage("write"):
-                    recs = [FrameRecord(height, width, channels, tuple(lat.shape[1:]), p) for p in payloads]
-                    pack_stream(model_id, quality, recs)
-
-            return step, ph * pw
-
-        # decoder: latents of these frames from the FP32 encoder on the same device, coded once beforehand.
-        enc = self.graph("encoder", "fp32", graph.device)
-        lat = enc.run({"frame": make_feed(frames, channels, multiple)})["latent"]
-        shape = tuple(int(v) for v in lat.shape[1:])
-        payloads = [encode_latents(np.ascontiguousarray(lat[i]), tables) for i in range(len(lat))]
+    def _decoder_step(
+        self, dec: Any, device: str, frames: list[np.ndarray]
+    ) -> tuple[Callable[[StageTimer], None], int]:
+        """Records of these frames from the FP32 encoder on the same device (the runtime's Encoder.encode, coded
+        once beforehand), decoded by the runtime's Decoder: ``latent`` (entropy), the graph, ``reconstruct``."""
+        enc = self.part("encoder", "fp32", device)
+        records = [enc.encode(f) for f in frames]
+        graph = dec.graph
+        twin, replay = _replaying(dec, graph)
+        sink = _view_sink()
 
         def step(t: StageTimer) -> None:
             with t.stage("entropy"):
-                z = np.ascontiguousarray(np.stack([decode_latents(p, tables, shape) for p in payloads]))
+                latents = [dec.latent(r) for r in records]
+                z = latents[0][None] if len(latents) == 1 else np.stack(latents)
             with t.stage("inference"):
-                y = graph.run({"latent": z})["frame"]
+                replay.load(graph.run({"latent": z}), [])
             with t.stage("postprocess"):
-                outs = [np.ascontiguousarray(y[i, :height, :width]) for i in range(len(y))]
+                outs = []
+                for i, r in enumerate(records):
+                    replay.select(i)
+                    outs.append(twin.reconstruct(latents[i], int(r.height), int(r.width)))
             with t.stage("write"):
                 for o in outs:
-                    _jpeg(o)
+                    sink.write(o)
 
-        return step, ph * pw
+        padded = enc.graph.prepare_frame(frames[0])[0].shape[:2]  # the decoder's output before the crop
+        return step, padded[0] * padded[1]
 
 
 def graph_feed(bench: GraphBench, graph: str, width: int, height: int, batch: int = 1) -> tuple[str, np.ndarray]:
     """``(input name, array)``: what a graph of ``bench`` takes for ``batch`` test frames of this size (seed
-    ``batch``), as every comparison here feeds it: uint8 frames converted and padded, or for the decoder the
-    int32 latents of the FP32 encoder on the CPU."""
+    ``batch``), as every comparison here feeds it: uint8 frames through the runtime's ``prepare_frame``
+    (:func:`stack_feed`), or for the decoder the int32 latents the FP32 encoder on the CPU makes of them."""
     frames = test_frames(width, height, batch, seed=batch)
     first = bench.graph("encoder" if graph == "decoder" else graph, "fp32", "cpu")
-    x = make_feed(frames, bench.ref.channels, first.info.input_multiple)
+    x, _ = stack_feed(first, frames)
     if graph != "decoder":
         return "frame", x
     return "latent", first.run({"frame": x})["latent"]
-
-
-def _anomaly_norm(bundle: Bundle, graph: RuntimeGraph) -> tuple[float, float]:
-    cal = bundle.calibration or {}
-    meta = graph.info.metadata
-
-    def pick(key: str, default: float) -> float:
-        for v in (cal.get(key), meta.get(f"edgeae.anomaly.{key}")):
-            try:
-                if v not in (None, ""):
-                    return float(v)
-            except (TypeError, ValueError):
-                continue
-        return default
-
-    return pick("norm_mean", 0.0), max(pick("norm_std", 1.0), 1e-12)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -607,18 +660,29 @@ def make_video(path: Path, width: int, height: int, frames: int, noise_sigma: fl
     return path
 
 
-def read_video(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    try:
-        while True:
-            ok, f = cap.read()
-            if not ok:
-                break
-            out.append(f)
-    finally:
-        cap.release()
-    return out
+def task_graphs(task: Any) -> list[RuntimeGraph]:
+    """The graphs an ``edgeae run`` task (:func:`edge_runtime.commands.build_task`) calls per frame, in order:
+    the denoiser's, the scorer's, or the encoder's then the decoder's."""
+    if hasattr(task, "den"):
+        return [task.den.graph]
+    if hasattr(task, "scorer"):
+        return [task.scorer.graph]
+    return [task.enc.graph] + ([task.dec.graph] if getattr(task, "dec", None) is not None else [])
+
+
+def _read_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of a video as the runtime's source delivers it ((H, W, 3) uint8 BGR)."""
+    from edge_runtime.sources import open_source
+
+    with open_source(str(path)) as src:
+        return [f.image for f in src]
+
+
+def _steady_fps(ends: Sequence[float]) -> float:
+    """Frames per second between the end of the first frame and the end of the last: the loop's steady state,
+    without what a run pays once (opening the video, starting the capture thread, the first decode)."""
+    span = ends[-1] - ends[0]
+    return (len(ends) - 1) / span if len(ends) > 1 and span > 0 else 0.0
 
 
 def pipeline_vs_session(
@@ -628,49 +692,130 @@ def pipeline_vs_session(
     size: tuple[int, int] = (640, 480),
     workdir: Path | None = None,
     device: str = "cpu",
+    rounds: int = 5,
 ) -> dict[str, Any]:
-    """Frames per second of the full ``edgeae run`` loop (:func:`edge_runtime.pipeline.run_pipeline`) on a
-    ``size`` video file, against bare ``session.run`` of the same graphs on the same frames, already decoded
-    and converted (FP32, same device and threads). Both start from a fresh session, first call included.
-    On a GPU, plain ``session.run`` copies the numpy inputs up and the outputs back, as the pipeline does.
+    """Frames per second of the full ``edgeae run`` loop against bare ``session.run`` of the same graphs, interleaved.
 
-    Returns ``{"pipeline_fps", "session_fps", "ratio", "frames", ...}``; ``ratio`` = pipeline / bare.
+    The loop: :func:`edge_runtime.commands.run_task` (``run_pipeline`` after loading the bundle) on a ``size``
+    MJPEG video of ``frames`` frames, no outputs (FP32, ``device``, ``threads``): the capture thread decoding,
+    the task (conversion, padding, inference, post-processing; an anomaly task draws its overlay, as ``edgeae
+    run`` does by default), events and progress. Bare: ``session.run`` of the task's own sessions on the same
+    frames, decoded by the runtime's source and prepared (``prepare_frame``) beforehand; a codec runs its encoder
+    then its decoder on the latent. On a GPU, plain ``session.run`` copies inputs up and outputs back, as the
+    loop's I/O binding does.
+
+    Design, for a noisy shared machine: one task is built (its sessions shared by both sides); after one warm-up of
+    each, ``rounds`` rounds run the loop and the bare pass over the whole video (``frames`` frames each: short
+    rounds, many of them, so that a slow spell of the machine hits both sides of a round), the order alternating
+    each round. Each side's throughput is its steady state (:func:`_steady_fps`); ``ratio`` is the median of the
+    per-round ratios (loop / bare), ``pipeline_fps`` and ``session_fps`` the medians of each side.
+    ``pipeline_run_fps``: the loop's own figure (``stats["fps"]``: all frames over the whole run, start-up
+    included), median over rounds. In the result ``frames`` counts every frame each side ran after the warm-up
+    (``frames * rounds``), ``frames_per_round`` the video's length.
     """
-    from edge_runtime.commands import RunOptions, run_pipeline
+    from edge_runtime.commands import RunOptions, build_task, run_task
 
+    if frames < 2 or rounds < 1:
+        raise UsageError(f"pipeline_vs_session needs frames >= 2 and rounds >= 1, got {frames} and {rounds}")
+    opts = RunOptions(
+        model=str(ref.root), source="", threads=threads, precision="fp32", device=device, max_frames=frames
+    )
+    task = build_task(ref.bundle, opts)
+    graphs = task_graphs(task)
+    names = [[o.name for o in g.info.outputs] for g in graphs]
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        video = make_video(Path(tmp) / "bench_640x480.avi", size[0], size[1], frames)
-        decoded = read_video(video)
+        video = make_video(Path(tmp) / f"bench_{size[0]}x{size[1]}.avi", size[0], size[1], frames)
+        decoded = _read_frames(video)
         if len(decoded) != frames:
             raise RuntimeError(f"{video}: wrote {frames} frames, read back {len(decoded)}")
-        opts = RunOptions(
-            model=str(ref.root), source=str(video), threads=threads, precision="fp32", device=device, max_frames=frames
-        )
-        stats = run_pipeline(opts)
-    # bare session.run: fresh sessions, the graph's own input only (no conversion, padding or output handling).
-    graphs = {g: open_graph(ref.bundle, g, "fp32", device=device, threads=threads) for g in ref.graphs}
-    first = graphs[ref.graphs[0]]
-    multiple = first.info.input_multiple
-    feeds = [make_feed([f], ref.channels, multiple) for f in decoded]
-    names = {g: [o.name for o in gr.info.outputs] for g, gr in graphs.items()}
-    t0 = time.perf_counter()
-    for x in feeds:
-        out = graphs[ref.graphs[0]].session.run(names[ref.graphs[0]], {"frame": x})
-        if ref.task == "compress":
-            graphs["decoder"].session.run(names["decoder"], {"latent": out[0]})
-    bare_s = time.perf_counter() - t0
-    session_fps = len(feeds) / bare_s
-    pipeline_fps = float(stats["fps"])
+        feeds = [stack_feed(graphs[0], [f])[0] for f in decoded]
+        opts = replace(opts, source=str(video))
+
+        def loop(n: int) -> tuple[float, dict[str, Any]]:
+            ends: list[float] = []
+            stats = run_task(
+                replace(opts, max_frames=n), ref.bundle, task, on_frame=lambda _: ends.append(time.perf_counter())
+            )
+            if len(ends) != n:
+                raise RuntimeError(f"{video}: edgeae run processed {len(ends)} of {n} frames ({stats.get('error')})")
+            return _steady_fps(ends), stats
+
+        def bare(n: int) -> float:
+            ends = []
+            for x in feeds[:n]:
+                out = graphs[0].session.run(names[0], {"frame": x})
+                if len(graphs) > 1:
+                    graphs[1].session.run(names[1], {"latent": out[0]})
+                ends.append(time.perf_counter())
+            return _steady_fps(ends)
+
+        warm = min(frames, 10)
+        loop(warm)
+        bare(warm)
+        per_round = []
+        for r in range(rounds):
+            if r % 2:
+                b = bare(frames)
+                p, stats = loop(frames)
+            else:
+                p, stats = loop(frames)
+                b = bare(frames)
+            per_round.append(
+                {
+                    "pipeline_fps": p,
+                    "session_fps": b,
+                    "ratio": p / b if b > 0 else None,
+                    "pipeline_run_fps": float(stats["fps"]),
+                }
+            )
+    ratios = [r["ratio"] for r in per_round if r["ratio"] is not None]
     return {
         "model": ref.name,
         "task": ref.task,
         "device": device,
-        "frames": frames,
+        "frames": frames * rounds,
+        "frames_per_round": frames,
+        "rounds": rounds,
         "resolution": f"{size[0]}x{size[1]}",
         "threads": threads,
-        "pipeline_fps": pipeline_fps,
-        "session_fps": session_fps,
-        "ratio": pipeline_fps / session_fps if session_fps > 0 else None,
+        "pipeline_fps": float(np.median([r["pipeline_fps"] for r in per_round])),
+        "session_fps": float(np.median([r["session_fps"] for r in per_round])),
+        "ratio": float(np.median(ratios)) if ratios else None,
+        "ratio_min": min(ratios) if ratios else None,
+        "ratio_max": max(ratios) if ratios else None,
+        "pipeline_run_fps": float(np.median([r["pipeline_run_fps"] for r in per_round])),
+        "per_round": per_round,
         "pipeline_frames_processed": stats.get("frames_processed"),
         "pipeline_stages": stats.get("stages"),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.latency``: only the `edgeae run` vs bare session.run comparison, one JSON line per
+    bundle on stdout (what ``edgeae bench`` runs as its pipeline section, without the rest of the bench)."""
+    import argparse
+
+    from benchmarks.machine import stamp
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=main.__doc__)
+    ap.add_argument("--models", default="models", help="folder of bundles, or one bundle [models]")
+    ap.add_argument("--only", default="", help="comma-separated bundle names [all]")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads [usable cores, as edgeae bench]")
+    ap.add_argument("--frames", type=int, default=10, help="frames of the 640x480 video, run once per round [10]")
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds [6, as edgeae bench]")
+    ap.add_argument("--device", default="cpu", help="onnxruntime device [cpu]")
+    args = ap.parse_args(argv)
+    if args.threads is None:
+        from benchmarks.config import BenchConfig
+
+        args.threads = BenchConfig().threads
+    only = [n for n in args.only.split(",") if n]
+    print(json.dumps({"stamp": stamp(args.threads)}), flush=True)
+    for ref in find_bundles(args.models, only or None):
+        row = pipeline_vs_session(ref, args.threads, args.frames, device=args.device, rounds=args.rounds)
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

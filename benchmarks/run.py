@@ -23,9 +23,14 @@ from edge_runtime.errors import EdgeAEError, ModelRejectedError
 
 CUDA_MISSING = "CUDAExecutionProvider not available"
 CPU_ONLY = "CPU-side comparison; --device does not include cpu"
-# A GPU runs a 640x480 frame ~50x faster than these 2 cores: a longer video keeps the first call (cuDNN's
-# exhaustive kernel search) from dominating the pipeline-vs-session.run ratio.
+# A GPU runs a 640x480 frame ~50x faster than these 2 cores: more frames keep each round of the
+# pipeline-vs-session.run comparison (50 frames instead of 10) long enough that the scheduler's hiccups average out.
 GPU_PIPELINE_FACTOR = 5
+# `edgeae run` alternates with bare session.run in rounds over a short video (the median ratio is reported): the
+# frames of a run (pipeline_frames) are split into this many rounds, short enough that the load of a shared
+# machine changes little within one.
+PIPELINE_ROUNDS = 6
+PIPELINE_ROUNDS_QUICK = 2
 
 
 class Progress:
@@ -329,9 +334,10 @@ def _opencv(cfg: BenchConfig, refs: list, on_cpu: bool, skipped: list, progress:
 def _pipeline(
     cfg: BenchConfig, refs: list, devices: list[str], primary: dict, skipped: list, progress: Progress
 ) -> list[dict[str, Any]]:
-    """`edgeae run` against bare session.run, once per architecture and device."""
+    """`edgeae run` against bare session.run, once per architecture and device, interleaved in rounds."""
     from benchmarks import latency as lat
 
+    rounds = PIPELINE_ROUNDS_QUICK if cfg.quick else PIPELINE_ROUNDS
     pipe = []
     for ref in refs:
         if primary[ref.name] is not None:
@@ -341,9 +347,10 @@ def _pipeline(
             skipped.append({"what": f"pipeline vs session.run for {ref.name}", "reason": f"{mod} is not installed"})
             continue
         for device in devices:
-            progress(f"pipeline: edgeae run on a 640x480 video vs session.run, {ref.name} on {device}")
+            progress(f"pipeline: edgeae run on a 640x480 video vs session.run, {ref.name} on {device}, {rounds} rounds")
             frames = cfg.pipeline_frames * (GPU_PIPELINE_FACTOR if device != "cpu" else 1)
-            pipe.append(lat.pipeline_vs_session(ref, cfg.threads, frames=frames, device=device))
+            per_round = max(2, frames // rounds)
+            pipe.append(lat.pipeline_vs_session(ref, cfg.threads, frames=per_round, device=device, rounds=rounds))
     return pipe
 
 

@@ -338,14 +338,205 @@ def test_pipeline_and_skips_are_recorded(quick_run: tuple[Path, dict, str]) -> N
     pipe = {p["model"]: p for p in results["pipeline"]}
     assert "denoise-gray" in pipe and "compress-q2" not in pipe
     for p in pipe.values():
-        assert p["pipeline_fps"] > 0 and p["session_fps"] > 0 and p["frames"] == 8
-        assert p["ratio"] == pytest.approx(p["pipeline_fps"] / p["session_fps"])
+        assert p["pipeline_fps"] > 0 and p["session_fps"] > 0 and p["frames"] == 8 and p["rounds"] == 2
+        assert len(p["per_round"]) == 2 and p["ratio"] == pytest.approx(np.median([r["ratio"] for r in p["per_round"]]))
     reasons = {s["reason"] for s in results["skipped"]}
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert "CUDAExecutionProvider not available" in reasons
     assert any("no int8 graph" in r for r in reasons)  # denoise-color has fp32 only
+
+
+# ------------------------------------------------------------------------------------------------ the runtime's code
+
+
+class _Frames:
+    """Stands in for the runtime's MJPEG view sink: keeps what the write stage hands it."""
+
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+
+    def write(self, image: np.ndarray, *args: object) -> None:
+        self.images.append(image)
+
+
+@pytest.mark.parametrize(
+    "name,graph,batch",
+    [
+        ("denoise-gray", "denoise", 2),
+        ("denoise-color", "denoise", 1),
+        ("anomaly", "anomaly", 2),
+        ("compress-q1", "encoder", 2),
+    ],
+)
+def test_latency_feed_is_the_runtimes_prepare_frame(tiny: tuple[Path, Path], monkeypatch, name, graph, batch) -> None:
+    """The feed each iteration runs is RuntimeGraph.prepare_frame of each decoded frame, stacked: odd sizes get
+    the runtime's padding (gray models their conversion), not a copy of it in the benchmark."""
+    from edge_runtime.session import RuntimeGraph
+
+    models, _ = tiny
+    (ref,) = lat.find_bundles(models, [name])
+    bench = lat.GraphBench(ref, 1)
+    prepared: list[np.ndarray] = []
+    feeds: list[np.ndarray] = []
+    prepare, run = RuntimeGraph.prepare_frame, RuntimeGraph.run
+
+    def spy_prepare(self, frame):
+        out = prepare(self, frame)
+        assert frame.shape == (37, 61, 3)  # the decoded frame itself, as the sources deliver it
+        prepared.append(out[0])
+        return out
+
+    def spy_run(self, feeds_):
+        if "frame" in feeds_:
+            feeds.append(feeds_["frame"])
+        return run(self, feeds_)
+
+    monkeypatch.setattr(RuntimeGraph, "prepare_frame", spy_prepare)
+    monkeypatch.setattr(RuntimeGraph, "run", spy_run)
+    m = bench.measure(graph, "fp32", "cpu", 61, 37, batch, warmup=0, repeat=2, budget_s=0)
+    multiple, channels = int(ref.bundle.contract["input_multiple"]), ref.channels
+    padded = (-(-37 // multiple) * multiple, -(-61 // multiple) * multiple)
+    assert m.total.n == 2 and len(feeds) == 3  # one warm-up, two timed
+    assert len(prepared) == 1 + 3 * batch  # the pixel count, then each frame of each iteration
+    for i, x in enumerate(feeds):
+        assert x.shape == (batch, *padded, channels) and x.dtype == np.uint8
+        np.testing.assert_array_equal(x, np.stack(prepared[1 + i * batch : 1 + (i + 1) * batch]))
+    assert m.pixels == padded[0] * padded[1]
+
+    prepared.clear()
+    input_name, x = lat.graph_feed(bench, graph, 61, 37, batch)
+    assert input_name == "frame" and len(prepared) == batch
+    np.testing.assert_array_equal(x, np.stack(prepared))
+
+
+@pytest.mark.parametrize(
+    "name,graph",
+    [
+        ("denoise-gray", "denoise"),
+        ("denoise-color", "denoise"),
+        ("anomaly", "anomaly"),
+        ("compress-q1", "encoder"),
+        ("compress-q1", "decoder"),
+    ],
+)
+def test_latency_outputs_are_the_runtime_tasks(tiny: tuple[Path, Path], monkeypatch, name, graph) -> None:
+    """What an iteration writes is what the runtime's own objects make of the same frame: Denoiser.denoise,
+    ScoreTask's overlay, Encoder.encode's record, Decoder.decode's frame (odd size: cropping included)."""
+    import edge_runtime.bitstream as bitstream
+    from benchmarks.timing import StageTimer
+    from edge_runtime.anomaly import ScoreTask
+    from edge_runtime.sources import Frame
+
+    models, _ = tiny
+    (ref,) = lat.find_bundles(models, [name])
+    bench = lat.GraphBench(ref, 1)
+    sink, streams = _Frames(), []
+    monkeypatch.setattr(lat, "_view_sink", lambda: sink)
+    monkeypatch.setattr(bitstream, "pack_stream", lambda mid, q, records: streams.append(records))
+    frame = lat.test_frames(61, 37, 1, seed=1)[0]
+    step, _ = bench._step(graph, "fp32", "cpu", [frame])
+    step(StageTimer())
+
+    decoded = cv2.imdecode(lat._jpeg(frame), cv2.IMREAD_COLOR)  # what the decode stage starts from
+    part = bench.part(graph, "fp32")
+    if graph == "denoise":
+        (got,) = sink.images
+        assert got.shape == (37, 61, ref.channels)
+        np.testing.assert_array_equal(got, part.denoise(decoded))
+    elif graph == "anomaly":
+        (got,) = sink.images
+        want = ScoreTask(part, smooth=True, annotate=True).process(Frame(0, 0.0, decoded)).image
+        assert got.shape == (37, 61, 3)
+        np.testing.assert_array_equal(got, want)
+    elif graph == "encoder":
+        ((rec,),) = streams
+        want = part.encode(decoded)
+        assert (rec.height, rec.width, rec.latent_shape) == (want.height, want.width, want.latent_shape)
+        assert rec.payload == want.payload
+    else:
+        (got,) = sink.images
+        want = part.decode(bench.part("encoder", "fp32").encode(frame))
+        assert got.shape == want.shape == (37, 61, 3)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pipeline_vs_session_interleaves_rounds_on_the_same_sessions(tiny: tuple[Path, Path], monkeypatch) -> None:
+    """After one warm-up of each, rounds alternate `edgeae run` (commands.run_task, the task built once) and bare
+    session.run of the task's own sessions, the order swapped each round; the ratio is the median of the rounds'."""
+    import onnxruntime as ort
+
+    import edge_runtime.commands as commands
+
+    models, _ = tiny
+    (ref,) = lat.find_bundles(models, ["denoise-gray"])
+    events: list[str] = []
+    tasks: list[object] = []
+    sessions: dict[str, set[int]] = {"loop": set(), "bare": set()}
+    run_task, session_run = commands.run_task, ort.InferenceSession.run
+    inside = []
+
+    def spy_run_task(opts, bundle, task, on_frame=None):
+        events.append(f"loop{opts.max_frames}")
+        tasks.append(task)
+        inside.append(True)
+        try:
+            return run_task(opts, bundle, task, on_frame)
+        finally:
+            inside.pop()
+
+    def spy_session_run(self, *args, **kwargs):
+        kind = "loop" if inside else "bare"
+        sessions[kind].add(id(self))
+        if kind == "bare":
+            events.append("bare")
+        return session_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(commands, "run_task", spy_run_task)
+    monkeypatch.setattr(ort.InferenceSession, "run", spy_session_run)
+    res = lat.pipeline_vs_session(ref, 1, frames=4, size=(64, 48), rounds=3)
+
+    blocks: list[str] = []
+    for e in events:  # runs of bare frames -> one entry per bare pass of 4 frames
+        if e == "bare" and blocks and blocks[-1].startswith("bare") and int(blocks[-1][4:]) < 4:
+            blocks[-1] = f"bare{int(blocks[-1][4:]) + 1}"
+        else:
+            blocks.append("bare1" if e == "bare" else e)
+    # warm-up (min(frames, 10) frames each), then rounds: loop+bare, bare+loop, loop+bare
+    assert blocks == ["loop4", "bare4", "loop4", "bare4", "bare4", "loop4", "loop4", "bare4"]
+    assert len({id(t) for t in tasks}) == 1  # one task: its sessions stay warm
+    assert sessions["loop"] == sessions["bare"] and len(sessions["bare"]) == 1
+    assert res["rounds"] == 3 and len(res["per_round"]) == 3 and (res["frames_per_round"], res["frames"]) == (4, 12)
+    ratios = [r["ratio"] for r in res["per_round"]]
+    assert all(r > 0 for r in ratios) and res["ratio"] == pytest.approx(float(np.median(ratios)))
+    assert res["ratio_min"] == min(ratios) and res["ratio_max"] == max(ratios)
+    assert res["pipeline_frames_processed"] == 4
+
+
+def test_pipeline_goals_per_task() -> None:
+    """Issue 14: denoise >= 0.93, anomaly >= 0.90 of bare session.run; the codec keeps 0.85."""
+    from benchmarks.goals import compute_goals
+
+    def row(model: str, task: str, ratio: float) -> dict:
+        return {
+            "model": model,
+            "task": task,
+            "device": "cpu",
+            "ratio": ratio,
+            "pipeline_fps": 9.0,
+            "session_fps": 10.0,
+            "rounds": 5,
+            "ratio_min": ratio - 0.01,
+            "ratio_max": ratio + 0.01,
+        }
+
+    rows = [row("den", "denoise", 0.925), row("ano", "anomaly", 0.905), row("codec", "compress", 0.86)]
+    goals = {g["model"]: g for g in compute_goals({"pipeline": rows}) if g["goal"].startswith("edgeae run")}
+    assert (goals["den"]["target"], goals["den"]["met"]) == (">= 93 %", False)
+    assert (goals["ano"]["target"], goals["ano"]["met"]) == (">= 90 %", True)
+    assert (goals["codec"]["target"], goals["codec"]["met"]) == (">= 85 %", True)
+    assert "median of 5 interleaved rounds" in goals["den"]["note"]
 
 
 # ---------------------------------------------------------------------------------------------------- quality
@@ -585,9 +776,10 @@ def test_openvino_runs_the_same_onnx_file(tiny: tuple[Path, Path]) -> None:
 
     models, _ = tiny
     path = models / "denoise-gray" / "denoise.fp32.onnx"
-    feed = lat.make_feed(lat.test_frames(64, 48, 1), 1, 8)
+    graph = open_graph(models / "denoise-gray", "denoise", "fp32", threads=1)
+    feed, _ = lat.stack_feed(graph, lat.test_frames(64, 48, 1))
     timing, outs = ovb.time_openvino(path, "frame", feed, "f32", 1, 1, 3, 0)
-    ref = open_graph(models / "denoise-gray", "denoise", "fp32", threads=1).run({"frame": feed})["denoised"]
+    ref = graph.run({"frame": feed})["denoised"]
     assert timing.n == 3 and np.max(np.abs(outs[0].astype(int) - ref.astype(int))) <= 1
 
 

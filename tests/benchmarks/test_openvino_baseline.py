@@ -196,8 +196,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return m
 
 
-def _frame(channels: int, w: int = 64, h: int = 48) -> np.ndarray:
-    return lat.make_feed(lat.test_frames(w, h, 1, seed=3), channels, 8)
+def _frame(graph, w: int = 64, h: int = 48) -> np.ndarray:
+    """A (1, h, w, C) feed of a test photograph, through the runtime's own preprocessing for ``graph``."""
+    return lat.stack_feed(graph, lat.test_frames(w, h, 1, seed=3))[0]
 
 
 def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
@@ -213,7 +214,7 @@ def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
 )
 def test_openvino_fp32_equals_onnxruntime(models: Path, name: str, graph: str) -> None:
     ort = open_graph(models / name, graph, "fp32", threads=1)
-    x = _frame(ort.frame_channels())
+    x = _frame(ort)
     want = ort.run({"frame": x})
     g = ovb.OpenVINOGraph(models / name / f"{graph}.fp32.onnx", "frame", x.shape, "f32", 1)
     got = g.run(x)
@@ -230,7 +231,7 @@ def test_openvino_fp32_equals_onnxruntime(models: Path, name: str, graph: str) -
 def test_decoder_on_encoder_latents_equals_onnxruntime(models: Path) -> None:
     enc = open_graph(models / "compress-q1", "encoder", "fp32", threads=1)
     dec = open_graph(models / "compress-q1", "decoder", "fp32", threads=1)
-    latent = enc.run({"frame": _frame(3)})["latent"]
+    latent = enc.run({"frame": _frame(enc)})["latent"]
     assert latent.dtype == np.int32 and latent.shape == (1, LATENT_C, 12, 16)
     want = dec.run({"latent": latent})["frame"]
     got = ovb.OpenVINOGraph(models / "compress-q1" / "decoder.fp32.onnx", "latent", latent.shape, "f32", 1).run(latent)
@@ -239,9 +240,10 @@ def test_decoder_on_encoder_latents_equals_onnxruntime(models: Path) -> None:
 
 
 def test_openvino_int8_runs_integer_convolutions_close_to_onnxruntime_int8(models: Path) -> None:
-    x = _frame(1)
+    fp32_graph = open_graph(models / "denoise-gray", "denoise", "fp32", threads=1)
+    x = _frame(fp32_graph)
     want = open_graph(models / "denoise-gray", "denoise", "int8", threads=1).run({"frame": x})["denoised"]
-    fp32 = open_graph(models / "denoise-gray", "denoise", "fp32", threads=1).run({"frame": x})["denoised"]
+    fp32 = fp32_graph.run({"frame": x})["denoised"]
     g = ovb.OpenVINOGraph(models / "denoise-gray" / "denoise.int8.onnx", "frame", x.shape, "f32", 1)
     got = g.run(x)["denoised"]
     kernels = g.kernel_precisions()
@@ -270,10 +272,11 @@ def test_unreadable_model_is_model_rejected(tmp_path: Path) -> None:
 
 
 def test_time_openvino_returns_timing_and_ordered_outputs(models: Path) -> None:
-    x = _frame(3)
+    ort = open_graph(models / "anomaly", "anomaly", "fp32", threads=1)
+    x = _frame(ort)
     timing, outs = ovb.time_openvino(models / "anomaly" / "anomaly.fp32.onnx", "frame", x, "f32", 1, 1, 4, 0)
     assert timing.n == 4 and 0 < timing.min_ms <= timing.p50_ms <= timing.p95_ms
-    want = open_graph(models / "anomaly", "anomaly", "fp32", threads=1).run({"frame": x})
+    want = ort.run({"frame": x})
     assert [o.shape for o in outs] == [want[k].shape for k in ("anomaly_map", "score", "features")]
     assert _maxdiff(outs[1], want["score"]) <= FP32_TOL_FLOAT
 
