@@ -48,6 +48,7 @@ applies to both; the calibration block of manifest.json overrides the ONNX metad
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import math
@@ -244,8 +245,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _window_kernel(cells: float) -> np.ndarray:
-    """A centred 1-D mean filter about ``cells`` grid cells wide (an even width is centred with a [.5, .5] tap)."""
-    k = max(1, int(round(cells)))
+    """A centred 1-D mean filter about ``cells`` grid cells wide (an even width is centred with a [.5, .5] tap).
+    Cached per width (it was rebuilt every frame); the array is shared, never modified."""
+    return _kernel_of_width(max(1, int(round(cells))))
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_of_width(k: int) -> np.ndarray:
     kernel = np.ones(k, np.float64) / k
     if k % 2 == 0:
         kernel = np.convolve(kernel, [0.5, 0.5])

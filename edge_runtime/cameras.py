@@ -183,7 +183,7 @@ class _Models:
         self._cache: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
-    def task(self, cam: CameraConfig) -> Any:
+    def task(self, cam: CameraConfig, shown: bool = True) -> Any:
         from edge_runtime.commands import RunOptions, build_task
         from edge_runtime.model import load_bundle
 
@@ -195,10 +195,10 @@ class _Models:
                                   threads=cam.threads)  # fmt: skip
                 self._cache[key] = (bundle, build_task(bundle, opts))
             bundle, shared = self._cache[key]
-        return bundle, _own_task(shared, cam)
+        return bundle, _own_task(shared, cam, shown)
 
 
-def _own_task(shared: Any, cam: CameraConfig) -> Any:
+def _own_task(shared: Any, cam: CameraConfig, shown: bool = True) -> Any:
     """A camera's own task over the shared session: its own hysteresis, adaptation and threshold."""
     if shared.kind != "anomaly":
         return shared  # denoise and codec tasks keep no per-camera state but their counters
@@ -214,7 +214,7 @@ def _own_task(shared: Any, cam: CameraConfig) -> Any:
         if scorer.stats is None:
             raise UsageError(f"camera {cam.name}: adapt needs a model calibrated on this camera ({cam.model})")
         adapter = Adapter(scorer.stats)
-    return ScoreTask(scorer, smooth=True, annotate=True, adapter=adapter)
+    return ScoreTask(scorer, smooth=True, annotate=shown, adapter=adapter)
 
 
 @dataclass
@@ -284,12 +284,12 @@ def _run_camera(cam: _Camera, shared: dict[str, Any], cfg: RunConfig, stop: thre
             cam.source.close()
 
 
-def _open(cameras: list[_Camera], models: _Models) -> None:
+def _open(cameras: list[_Camera], models: _Models, cfg: RunConfig) -> None:
     from edge_runtime.sources import open_source
 
     for cam in cameras:
         c = cam.cfg
-        cam.bundle, cam.task = models.task(c)
+        cam.bundle, cam.task = models.task(c, shown=bool(c.record or cfg.serve or cfg.clips))
         try:
             with _signals_to_main_thread():
                 cam.source = open_source(c.source, open_timeout=c.open_timeout, read_timeout=c.read_timeout,
@@ -353,7 +353,7 @@ def run_cameras(cfg: RunConfig, stop: threading.Event | None = None) -> dict[str
         )
     t0 = time.perf_counter()
     try:
-        _open(cameras, _Models())
+        _open(cameras, _Models(), cfg)
         for cam in cameras:
             cam.thread = threading.Thread(target=_run_camera, args=(cam, shared, cfg, stop), daemon=True,
                                           name=f"edgeae-camera-{cam.cfg.name}")  # fmt: skip
