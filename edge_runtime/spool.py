@@ -183,18 +183,12 @@ class Spool:
                 if size > self.max_bytes:  # one message larger than the whole queue: it is the one dropped
                     self._note_dropped(1)
                     return 0
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     cur = self._conn.execute(
                         "INSERT INTO queue(topic, payload, size, crc) VALUES (?, ?, ?, ?)",
                         (topic, payload, size, _crc(topic, payload)),
                     )
                     over = self._make_room(self._count + 1, self._bytes + size)
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise _write_error(self.path, exc) from None
             self._count += 1 - over[0]
@@ -204,6 +198,18 @@ class Spool:
             if over[0]:
                 self._note_dropped(over[0])
             return self.last_id
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (Ctrl-C included)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
 
     def _make_room(self, count: int, size: int) -> tuple[int, int]:
         """Inside put's transaction: delete the oldest rows until ``count``/``size`` fit; (rows, bytes) deleted."""
@@ -255,17 +261,11 @@ class Spool:
         marks = ",".join("?" * len(ids))
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     n, size = self._conn.execute(
                         f"SELECT COUNT(*), TOTAL(size) FROM queue WHERE id IN ({marks})", ids
                     ).fetchone()
                     self._conn.execute(f"DELETE FROM queue WHERE id IN ({marks})", ids)
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise _write_error(self.path, exc) from None
             self._count -= int(n)
