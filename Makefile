@@ -22,8 +22,8 @@ demo: $(STAMP)
 
 # System programs the tests run for real (Debian packages; installed as root when missing).
 deps-system:
-	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || (apt-get update && apt-get install -y mosquitto)
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto)
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 test: $(STAMP) deps-system
 	$(PY) -m pytest -q
