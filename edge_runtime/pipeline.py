@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_runtime.errors import EdgeAEError, FrameError, SourceLostError, Stopped, stop_exit_code
+from edge_runtime.errors import FrameError, SourceLostError, Stopped, stop_exit_code
 from edge_runtime.outputs import now_wall
 from edge_runtime.progress import Progress
 from edge_runtime.stats import StageClock
@@ -287,7 +287,3 @@ def skipped_summary(res: LoopResult, source_stats: Any, where: str) -> str | Non
         return None
     done = f"{res.frames} frame(s) processed and written" if res.frames else "nothing written"
     return f"{where}: " + "; ".join(problems) + f"; {done}"
-
-
-class RunError(EdgeAEError):
-    """A run that finished its outputs but must report a problem (exit code of the problem)."""
