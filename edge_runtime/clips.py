@@ -55,8 +55,8 @@ import numpy as np
 
 from edge_runtime.errors import EdgeAEError, OutputError, UsageError, output_error
 from edge_runtime.io import atomic_path
-from edge_runtime.outputs import VideoSink, as_bgr, now_wall
-from edge_runtime.task import EVENTS_VERSION
+from edge_runtime.outputs import VideoSink, now_wall
+from edge_runtime.task import EVENTS_VERSION, as_bgr
 
 MB = 1024 * 1024
 CLIP_EXTS = (".avi", ".mkv")  # MJPG (the default), FFV1 (lossless, ~8x slower, ~15x bigger: module docstring)

@@ -36,7 +36,7 @@ from .entropy import EntropyTables, decode_latents, encode_latents, tables_from_
 from .errors import BadDataError, ModelRejectedError, UsageError
 from .model import MANIFEST_NAME, MAX_MANIFEST_BYTES, PRECISIONS, Bundle, load_bundle, open_graph, read_model_bytes
 from .session import RuntimeGraph
-from .task import Outcome, check_frame
+from .task import Outcome, as_bgr, check_frame
 
 # The whole stream is read into memory; anything larger is refused before a byte is read.
 MAX_STREAM_BYTES = 2 * 1024**3
@@ -507,7 +507,7 @@ class CompressTask:
             decoded = self.dec.reconstruct(latent, height, width)
             out.image = decoded
             if self.annotate:
-                view = as_bgr_copy(decoded)
+                view = as_bgr(decoded, copy=True)
                 cv2.putText(view, f"{bpp:.3f} bpp", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2)
                 out.view = view
         return out
@@ -534,10 +534,3 @@ class DecompressTask:
 
     def summary(self) -> dict[str, Any]:
         return {"providers": list(self.dec.graph.providers)}
-
-
-def as_bgr_copy(frame: np.ndarray) -> np.ndarray:
-    """A writable (H, W, 3) BGR copy of a BGR or gray frame."""
-    if frame.ndim == 3 and frame.shape[2] == 3:
-        return frame.copy()
-    return cv2.cvtColor(frame.reshape(frame.shape[0], frame.shape[1]), cv2.COLOR_GRAY2BGR)

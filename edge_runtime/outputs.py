@@ -35,6 +35,7 @@ import numpy as np
 
 from edge_runtime.errors import BadDataError, OutputError, UsageError, output_error
 from edge_runtime.io import atomic_path, fsync_dir, umask
+from edge_runtime.task import as_bgr
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # The one table of video outputs. .mkv is lossless (FFV1): the format to choose when the pixels matter.
@@ -113,15 +114,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
             tmp.write_bytes(data)
     except OSError as exc:
         raise output_error(path, exc) from None
-
-
-def as_bgr(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 BGR from a gray (H, W) / (H, W, 1), BGRA or BGR frame."""
-    if frame.ndim == 2 or frame.shape[2] == 1:
-        return cv2.cvtColor(frame.reshape(frame.shape[0], frame.shape[1]), cv2.COLOR_GRAY2BGR)
-    if frame.shape[2] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    return frame
 
 
 class ImageSink:
@@ -480,8 +472,7 @@ def loop_metrics(result: Any, source: Any, task: Any) -> dict[str, Any]:
     """What ``/metrics`` shows of one running loop (edge_runtime.metrics.CAMERA_METRICS keys)."""
     stages = result.clock.summary()
     s = source.stats
-    pipeline = stages.get("capture") and {k: sum(st.get(k, 0.0) for st in stages.values())
-                                          for k in ("p50_ms", "p95_ms", "p99_ms")}  # fmt: skip
+    pipeline = result.latency.summary().get("pipeline")  # measured per frame, not a sum of stage percentiles
     out = {"fps": result.fps_now(), "frames_processed": result.frames, "frames_dropped": s.frames_dropped,
            "reconnects": s.reconnects, "alarms": getattr(task, "counts", {}).get("alarms", 0)}  # fmt: skip
     if "inference" in stages:

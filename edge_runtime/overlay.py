@@ -8,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edge_runtime.task import as_bgr
+
 
 def largest_region(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(x, y, w, h) of the largest 8-connected region of a boolean (H, W) mask; None when it is empty."""
@@ -29,12 +31,7 @@ def overlay(frame: np.ndarray, fmap: np.ndarray, threshold: float, *, score: flo
     the blend fades in from half the threshold. ``bbox`` defaults to the largest region above the threshold;
     ``score`` to the map's maximum.
     """
-    if frame.ndim == 2 or frame.shape[2] == 1:
-        img = cv2.cvtColor(frame.reshape(frame.shape[0], frame.shape[1]), cv2.COLOR_GRAY2BGR)
-    elif frame.shape[2] == 4:
-        img = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    else:
-        img = frame.copy()
+    img = as_bgr(frame, copy=True)
     h, w = img.shape[:2]
     if fmap.shape != (h, w):
         fmap = cv2.resize(fmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)

@@ -54,6 +54,7 @@ class LoopResult:
     lost: SourceLostError | None = None
     elapsed_s: float = 0.0
     clock: StageClock = field(default_factory=StageClock)
+    latency: StageClock = field(default_factory=StageClock)  # "pipeline": a frame's task start to delivered
 
     @property
     def interrupted(self) -> bool:
@@ -131,6 +132,7 @@ def _iterate(source: Any, task: Task, routes: list[Route], res: LoopResult, even
         with _deferring_stops():
             _deliver(outcome, frame, routes, events, clock)
             res.frames += 1
+        res.latency.add("pipeline", (time.perf_counter() - t1) * 1000)
         if progress is not None:
             progress.update(res.frames)
         if on_frame is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from edge_runtime.errors import FrameError
@@ -73,3 +74,12 @@ def check_frame(image: Any, max_side: int, channels: tuple[int, ...] = (1, 3, 4)
     if image.ndim == 3 and image.shape[2] not in channels:
         raise FrameError(f"frame has {image.shape[2]} channels; expected {' or '.join(map(str, channels))}")
     return image
+
+
+def as_bgr(frame: np.ndarray, copy: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 BGR from a gray (H, W) / (H, W, 1), BGRA or BGR frame (a BGR frame itself unless ``copy``)."""
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame.reshape(frame.shape[0], frame.shape[1]), cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame.copy() if copy else frame
