@@ -67,9 +67,9 @@ def load_graph_module(run_dir: Path, graph: str) -> Any:
 
         return DenoiseFrameGraph(model).eval()
     if graph == "anomaly":
-        from training.anomaly_model import AnomalyFrameGraph
+        from training.inspect_model import anomaly_graph
 
-        return AnomalyFrameGraph(model).eval()
+        return anomaly_graph(model).eval()
     from training.compress_model import DecoderGraph, EncoderGraph
 
     return (EncoderGraph(model) if graph == "encoder" else DecoderGraph(model)).eval()

@@ -95,6 +95,16 @@ SCORE_WINDOW = 16  # pixels; the graph's score window unless its model_config sa
 # Results
 
 
+def model_arch(bundle: Bundle) -> str:
+    """The anomaly model's architecture from the bundle's ``model_config``: "inspect" (segmentation of defects,
+    parts whose position varies) or "scene" (the fixed-camera autoencoder; also bundles from before the field)."""
+    try:
+        cfg = json.loads(bundle.contract.get("model_config") or "{}")
+    except ValueError:
+        return "scene"
+    return "inspect" if isinstance(cfg, dict) and cfg.get("arch") == "inspect" else "scene"
+
+
 @dataclass(frozen=True)
 class FrameScore:
     """The result of scoring one frame.

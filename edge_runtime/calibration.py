@@ -30,6 +30,7 @@ from edge_runtime.anomaly import (
     DEFAULT_WEIGHTS,
     AnomalyScorer,
     LocationStats,
+    model_arch,
 )
 from edge_runtime.contract import DEVICE_THRESHOLD_FLOOR, STATS_NAME
 from edge_runtime.errors import BadDataError, ModelRejectedError, UsageError, output_error
@@ -342,7 +343,7 @@ def calibrate(
     *,
     n: int,
     out: str | os.PathLike | None = None,
-    per_location: bool = True,
+    per_location: bool | None = None,
     progress: Any = None,
     precision: str = "fp32",
     device: str = "cpu",
@@ -353,7 +354,9 @@ def calibrate(
 
     ``out``: a new bundle folder (must not exist): the model's files, the new statistics and a manifest that
     records its parent's manifest SHA-256; ``model`` is left untouched. ``out=None`` rewrites ``model`` in place
-    (the CLI asks for ``--in-place``). numpy only; see :func:`fit_calibration` for the rule. Fewer than ``n``
+    (the CLI asks for ``--in-place``). ``per_location`` None: per-location statistics for the fixed-camera model,
+    a global normalisation for the inspection model (``model_config`` arch "inspect"). numpy only; see
+    :func:`fit_calibration` for the rule. Fewer than ``n``
     frames (a short video) is accepted from :data:`MIN_CALIBRATION_FRAMES` on (the summary's ``short`` is true).
 
     In place: ``anomaly_stats.npz`` then ``manifest.json``, each to a temp file, fsynced and renamed, the manifest
@@ -361,6 +364,8 @@ def calibrate(
     hidden folder and renamed into place when complete and verified. Returns a summary dict.
     """
     bundle = _load_for_calibration(model)
+    if per_location is None:  # an inspection model scores parts that move: one global normalisation, any size
+        per_location = model_arch(bundle) != "inspect"
     target = _check_out(bundle, out) if out is not None else None
     scorer = AnomalyScorer(_without_stats(bundle), precision=precision, device=device, threads=threads,
                            allow_fallback=allow_fallback)  # fmt: skip

@@ -52,9 +52,9 @@ def _core_prefixes(wrapper: nn.Module) -> tuple[str, ...]:
 
 def graph_specs(model: nn.Module, cfg: dict) -> list[GraphSpec]:
     """The graphs of a trained model (``training.checkpoint.load_run``), with MACs and parameter counts."""
-    from training.anomaly_model import AnomalyFrameGraph
     from training.compress_model import DecoderGraph, EncoderGraph
     from training.denoise_model import DenoiseFrameGraph
+    from training.inspect_model import anomaly_graph
     from training.layers import count_macs, count_params
 
     task, mcfg = cfg["task"], cfg["model"]
@@ -68,7 +68,7 @@ def graph_specs(model: nn.Module, cfg: dict) -> list[GraphSpec]:
                                {"frame": _FRAME_AXES, "denoised": _FRAME_AXES}, _core_prefixes(wrapper),
                                count_macs(model, probe) // (256 * 256), count_params(model)))  # fmt: skip
     elif task == "anomaly":
-        wrapper = AnomalyFrameGraph(model)
+        wrapper = anomaly_graph(model)
         axes = {"frame": _FRAME_AXES, "anomaly_map": _FRAME_AXES, "score": {0: "N"},
                 "features": {0: "N", 2: "h", 3: "w"}}  # fmt: skip
         specs.append(GraphSpec("anomaly", wrapper, frame, ["frame"], ["anomaly_map", "score", "features"], axes,

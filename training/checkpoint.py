@@ -24,6 +24,10 @@ def build_model(task: str, model_cfg: dict) -> torch.nn.Module:
         from training.hyper_codec import HyperCodec, HyperConfig
 
         return HyperCodec(HyperConfig.from_dict(model_cfg))
+    if task == "anomaly" and model_cfg.get("arch") == "inspect":
+        from training.inspect_model import InspectConfig, InspectNet
+
+        return InspectNet(InspectConfig(**{k: v for k, v in model_cfg.items() if k != "task"}))
     cfg = MODEL_CONFIGS[task](**{k: v for k, v in model_cfg.items() if k != "task"})
     if task == "denoise":
         return DenoiseUNet(cfg)

@@ -25,7 +25,8 @@ HELP = """Train a convolutional autoencoder for denoising, learned compression o
 \b
   edgeae train --task denoise --data samples --out runs/dn --steps 2000
   edgeae train --task compress --data photos/ --out runs/q3 --quality 3 --minutes 30
-  edgeae train --task anomaly --data line.mp4 --out runs/line --device cuda
+  edgeae train --task anomaly --data good_parts/ --out runs/parts     # inspection, <= 20 min on 2 cores
+  edgeae train --task anomaly --arch scene --data line.mp4 --out runs/line --device cuda   # fixed camera
   edgeae train --out runs/dn --resume --steps 4000      # continue (and extend) a run
 
 --data is an image folder (searched recursively), one image, a video (every 10th frame) or "samples"
@@ -109,30 +110,28 @@ def _resume_options(out: Path, given: dict) -> dict:
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
-    default=2000,
-    show_default=True,
-    help="Optimizer steps (the cosine schedule ends here).",
+    default=None,
+    help="Optimizer steps (the cosine schedule ends here). Default 2000; anomaly inspect: 100000, cut by the "
+    "18-minute budget.",
 )
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Patches per step (per process under torchrun).",
+    default=None,
+    help="Patches per step (per process under torchrun). Default 16; anomaly inspect: 8.",
 )
 @click.option(
     "--crop",
     type=click.IntRange(min=16),
-    default=96,
-    show_default=True,
-    help="Training patch side in pixels; images smaller than this are not trained on.",
+    default=None,
+    help="Training patch side in pixels; images smaller than this are not trained on. Default 96; anomaly "
+    "inspect: 256, or the smallest image's side.",
 )
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=1e-3,
-    show_default=True,
-    help="Peak learning rate (AdamW, short warm-up, cosine decay).",
+    default=None,
+    help="Peak learning rate (AdamW, short warm-up, cosine decay). Default 1e-3; anomaly inspect: 2e-3.",
 )
 @click.option(
     "--device",
@@ -160,10 +159,11 @@ def _resume_options(out: Path, given: dict) -> dict:
 )
 @click.option(
     "--arch",
-    type=click.Choice(["factorized", "hyper"]),
-    default="factorized",
-    show_default=True,
-    help="compress: factorized prior, or hyper (integer hyperprior, one variable-rate model; --quality unused).",
+    type=click.Choice(["factorized", "hyper", "inspect", "scene"]),
+    default=None,
+    help="compress: factorized (default) or hyper (integer hyperprior, one variable-rate model; --quality "
+    "unused). anomaly: inspect (default; parts and surfaces whose position varies: a network that segments "
+    "synthetic defects) or scene (a fixed camera: an autoencoder calibrated per location with edgeae calibrate).",
 )
 @click.option(
     "--channels",
@@ -179,7 +179,8 @@ def _resume_options(out: Path, given: dict) -> dict:
     "--minutes",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Time budget: the schedule runs on elapsed time and training ends when it is spent.",
+    help="Time budget: the schedule runs on elapsed time and training ends when it is spent (anomaly inspect: "
+    "18 unless given).",
 )
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="PyTorch CPU threads (default: PyTorch's choice)."
@@ -224,7 +225,12 @@ def train(ctx: click.Context, out: Path, resume: bool, progress: bool, **opts) -
             raise UsageError(f"{out} exists; pass --resume or choose another --out")
         if opts["task"] is None:
             raise UsageError("--task is required (denoise, anomaly or compress)")
-        params = opts
+        from training.train import option_defaults
+
+        defaults = option_defaults(opts["task"], opts["arch"])
+        params = {**opts, **{k: v for k, v in defaults.items() if opts.get(k) is None}}
+        if "minutes" in defaults and "steps" in given and "minutes" not in given:
+            params["minutes"] = None  # an explicit --steps is the budget; the time cap is for the default only
     params = {**params, "out": str(out)}
     cfg = TrainConfig(**params)
     try:

@@ -22,7 +22,7 @@ RECIPES: dict[str, dict] = {
                          steps=60000, val_every=1000),
     "denoise-color": dict(task="denoise", data=COLOR, channels=3, crop=96, batch=64, lr=1e-3, steps=60000,
                           val_every=1000),
-    "anomaly": dict(task="anomaly", data=COLOR, channels=3, crop=128, batch=32, lr=1e-3, steps=30000,
+    "anomaly": dict(task="anomaly", arch="scene", data=COLOR, channels=3, crop=128, batch=32, lr=1e-3, steps=30000,
                     val_every=1000),
     **{
         f"compress-q{q}": dict(task="compress", data=COLOR, channels=3, crop=256, batch=16, lr=5e-4,

@@ -26,11 +26,31 @@ from training.compress_model import Codec, CompressConfig, rd_loss
 from training.data import PatchSampler, center_crops, load_dataset, split
 from training.defects import DEFECT_KINDS, corrupt, paste_defect
 from training.denoise_model import DenoiseConfig, DenoiseUNet
+from training.inspect_model import InspectConfig, InspectNet, focal_loss, standardize
+from training.inspect_model import image_score as inspect_score
 from training.layers import count_macs, count_params
 from training.metrics import auroc, psnr
 from training.noise import add_noise, jpeg_artefacts, quantize8
+from training.synth import synth_batch
 
 TASKS = ("denoise", "compress", "anomaly")
+# Architectures per task, the default first. anomaly: "inspect" (segmentation of synthetic defects, for parts and
+# surfaces whose position varies) or "scene" (the fixed-camera autoencoder calibrated per location).
+ARCHS = {"denoise": ("plain",), "compress": ("factorized", "hyper"), "anomaly": ("inspect", "scene")}
+# Options whose defaults depend on the task and architecture (the command line's None means "this table").
+OPTION_DEFAULTS = {"steps": 2000, "batch": 16, "crop": 96, "lr": 1e-3}
+ARCH_DEFAULTS = {
+    # Measured on ELPV solar cells (benchmarks/inspect_bench.py): 256 px crops carry a crack's context; the time
+    # cap keeps a run with no --steps/--minutes inside 20 minutes on 2 CPU cores.
+    ("anomaly", "inspect"): {"steps": 100000, "batch": 8, "crop": 256, "lr": 2e-3, "minutes": 18.0},
+}
+MIN_INSPECT_IMAGES = 20  # normal images the inspection model needs: 1 in 8 is held out for its threshold
+
+
+def option_defaults(task: str, arch: str | None) -> dict:
+    """The defaults of --steps/--batch/--crop/--lr (and --minutes) for ``task`` with ``arch`` (None: default)."""
+    arch = arch or ARCHS.get(task, ("",))[0]
+    return {**OPTION_DEFAULTS, **ARCH_DEFAULTS.get((task, arch), {})}
 
 
 @dataclass(frozen=True)
@@ -58,7 +78,7 @@ class TrainConfig:
     val_images: int = 16
     threads: int | None = None  # torch intra-op threads (None: PyTorch's default)
     init: str | None = None  # safetensors weights to start from (fine-tuning); not a resume
-    arch: str = "factorized"  # compress: "factorized" (compress_model) or "hyper" (hyper_codec, variable rate)
+    arch: str | None = None  # compress: factorized | hyper; anomaly: inspect | scene (None: the task's default)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -71,8 +91,13 @@ class TrainConfig:
             raise UsageError("--collapse must be warn, stop or off")
         if self.minutes is not None and self.minutes <= 0:
             raise UsageError("--minutes must be positive")
-        if self.arch not in ("factorized", "hyper") or (self.arch == "hyper" and self.task != "compress"):
-            raise UsageError(f"--arch must be factorized, or hyper with --task compress, got {self.arch!r}")
+        arch = self.arch or ARCHS[self.task][0]
+        if self.task != "compress" and arch == "factorized":
+            arch = "scene" if self.task == "anomaly" else "plain"  # runs from before per-task architectures
+        if arch not in ARCHS[self.task]:
+            raise UsageError(f"--arch for --task {self.task} must be one of {', '.join(ARCHS[self.task])}, "
+                             f"got {arch!r}")  # fmt: skip
+        object.__setattr__(self, "arch", arch)
 
 
 def pick_device(name: str) -> torch.device:
@@ -168,7 +193,26 @@ class CompressTask:
         return out
 
 
+def defect_validation(val_images: list[np.ndarray], size: int, multiple: int) -> tuple[list, list, list]:
+    """Held-out normal crops and a copy of each with one ``paste_defect`` defect: (images, labels, masks)."""
+    crops = center_crops(val_images, size, multiple)
+    vrng = np.random.default_rng(4321)
+    images, labels, masks = [], [], []
+    for i, img in enumerate(crops):
+        images.append(img)
+        labels.append(0)
+        masks.append(np.zeros(img.shape[:2], np.uint8))
+        donor = crops[(i + 1) % len(crops)]
+        bad, mask = paste_defect(img, vrng, DEFECT_KINDS[i % len(DEFECT_KINDS)], donor)
+        images.append(bad)
+        labels.append(1)
+        masks.append(mask)
+    return images, labels, masks
+
+
 class AnomalyTask:
+    """The fixed-camera model (``--arch scene``): an autoencoder scored by structural error and features."""
+
     metric, higher_is_better = "image_auroc", True
 
     def __init__(self, cfg: TrainConfig, device: torch.device, val_images: list[np.ndarray]):
@@ -176,18 +220,7 @@ class AnomalyTask:
         self.model_cfg = AnomalyConfig(channels=cfg.channels, width=cfg.width or 32)
         self.model = AnomalyAE(self.model_cfg)
         self.rng = np.random.default_rng(cfg.seed + 3)
-        crops = center_crops(val_images, 128, self.model_cfg.multiple)
-        vrng = np.random.default_rng(4321)
-        self.val, self.val_labels, self.val_masks = [], [], []
-        for i, img in enumerate(crops):
-            self.val.append(img)
-            self.val_labels.append(0)
-            self.val_masks.append(np.zeros(img.shape[:2], np.uint8))
-            donor = crops[(i + 1) % len(crops)]
-            bad, mask = paste_defect(img, vrng, DEFECT_KINDS[i % len(DEFECT_KINDS)], donor)
-            self.val.append(bad)
-            self.val_labels.append(1)
-            self.val_masks.append(mask)
+        self.val, self.val_labels, self.val_masks = defect_validation(val_images, 128, self.model_cfg.multiple)
 
     def loss(self, model: nn.Module, batch: np.ndarray) -> tuple[torch.Tensor, dict]:
         clean = to_tensor(batch, self.device)
@@ -208,13 +241,52 @@ class AnomalyTask:
             pix_s.append(amap[0].cpu().numpy().ravel()[::7])
             pix_l.append(mask.ravel()[::7])
             lat.append(feat.float().mean(dim=(2, 3), keepdim=True))
-        labels = np.array(self.val_labels)
-        out = {"image_auroc": auroc(np.array(scores), labels) if len(set(labels)) == 2 else float("nan")}
-        pl = np.concatenate(pix_l)
-        if pl.any():
-            out["pixel_auroc"] = auroc(np.concatenate(pix_s), pl)
-        out.update(health.latent_health(torch.cat(lat)))
-        return out
+        return _anomaly_metrics(scores, self.val_labels, pix_s, pix_l, lat)
+
+
+class InspectTask:
+    """The inspection model (``--arch inspect``, training.inspect_model): segmentation of synthetic defects."""
+
+    metric, higher_is_better = "image_auroc", True
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, val_images: list[np.ndarray]):
+        self.cfg, self.device = cfg, device
+        self.model_cfg = InspectConfig(channels=cfg.channels, width=cfg.width or 24)
+        self.model = InspectNet(self.model_cfg)
+        self.rng = np.random.default_rng(cfg.seed + 3)
+        self.val, self.val_labels, self.val_masks = defect_validation(val_images, 256, self.model_cfg.multiple)
+
+    def loss(self, model: nn.Module, batch: np.ndarray) -> tuple[torch.Tensor, dict]:
+        images, masks = synth_batch(batch, self.rng)
+        x = standardize(to_tensor(images, self.device))
+        # A defect cell of the 1/4-scale map is one that holds any defect pixel: a 1-px crack still counts.
+        target = nn.functional.max_pool2d(torch.from_numpy(masks)[:, None].to(self.device), 4)
+        logits, _ = model(x)
+        return 10.0 * focal_loss(logits.float(), target), {}
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict:
+        scores, lat, pix_s, pix_l = [], [], [], []
+        for img, mask in zip(self.val, self.val_masks, strict=True):
+            logits, feat = model(standardize(to_tensor(img[None], self.device)))
+            prob = torch.sigmoid(logits.float())
+            scores.append(float(inspect_score(prob, self.model_cfg.score_window)[0]))
+            up = nn.functional.interpolate(prob, size=mask.shape, mode="bilinear", align_corners=False)
+            pix_s.append(up[0, 0].cpu().numpy().ravel()[::7])
+            pix_l.append(mask.ravel()[::7])
+            lat.append(feat.float().mean(dim=(2, 3), keepdim=True))
+        return _anomaly_metrics(scores, self.val_labels, pix_s, pix_l, lat)
+
+
+def _anomaly_metrics(scores: list, labels: list, pix_s: list, pix_l: list, lat: list) -> dict:
+    """Image AUROC (normal vs defective copies), pixel AUROC on the defect masks, latent health."""
+    labels = np.array(labels)
+    out = {"image_auroc": auroc(np.array(scores), labels) if len(set(labels)) == 2 else float("nan")}
+    pl = np.concatenate(pix_l)
+    if pl.any():
+        out["pixel_auroc"] = auroc(np.concatenate(pix_s), pl)
+    out.update(health.latent_health(torch.cat(lat)))
+    return out
 
 
 TASK_CLASSES = {"denoise": DenoiseTask, "compress": CompressTask, "anomaly": AnomalyTask}
@@ -280,6 +352,21 @@ def _restore_rng(sampler: PatchSampler, task, np_states: dict, tensors: dict[str
     return True
 
 
+def _crop(cfg: TrainConfig, ds) -> int:
+    """The patch side: ``cfg.crop``, except that the inspection model trains on every image, so its crop shrinks
+    to the smallest image (a multiple of 16, at least 64). Too few images for it is an error naming the need."""
+    if cfg.arch != "inspect":
+        return cfg.crop
+    if len(ds) < MIN_INSPECT_IMAGES:
+        raise BadDataError(f"{cfg.data}: {len(ds)} normal image(s); the inspection model needs at least "
+                           f"{MIN_INSPECT_IMAGES} (a few hundred for a trustworthy threshold)")  # fmt: skip
+    smallest = min(min(im.shape[:2]) for im in ds.images) // 16 * 16
+    if smallest < 64:
+        raise BadDataError(f"{cfg.data}: an image is smaller than 64 px on a side; the inspection model needs "
+                           "at least 64x64")  # fmt: skip
+    return min(cfg.crop, smallest)
+
+
 def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
     """Run one training job; returns the summary also written to ``OUT/summary.json``.
 
@@ -313,16 +400,19 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
         from training.hyper_codec import HyperCompressTask
 
         task = HyperCompressTask(cfg, device, val_ds.images[: cfg.val_images])
+    elif cfg.arch == "inspect":
+        task = InspectTask(cfg, device, val_ds.images[: cfg.val_images])
     else:
         task = TASK_CLASSES[cfg.task](cfg, device, val_ds.images[: cfg.val_images])
-    sampler = PatchSampler(train_ds.images, cfg.crop, cfg.seed + 1000 * rank)
+    crop = _crop(cfg, ds)
+    sampler = PatchSampler(train_ds.images, crop, cfg.seed + 1000 * rank)
     model = task.model.to(device)
     if device.type == "cuda" and cfg.task != "compress":
         model = model.to(memory_format=torch.channels_last)
     example = torch.zeros(1, cfg.channels, 256, 256, device=device)
     macs = count_macs(model, example) / (256 * 256)
     run_cfg = {"task": cfg.task, "model": json.loads(task.model_cfg.to_json()), "train": asdict(cfg),
-               "macs_per_pixel": round(macs), "params": count_params(model)}  # fmt: skip
+               "macs_per_pixel": round(macs), "params": count_params(model), "crop_used": crop}  # fmt: skip
     if rank == 0:
         write_json(out / "config.json", run_cfg)
         write_json(out / "split.json", {"data": cfg.data, "train": train_ds.names, "val": val_ds.names,

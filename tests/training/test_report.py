@@ -39,8 +39,9 @@ def decode_png(path: Path) -> np.ndarray:
 @pytest.mark.parametrize("task", ["anomaly", "compress", "denoise"])
 def test_report_after_training(tmp_path, images, task):
     run = tmp_path / "run"
+    arch = "scene" if task == "anomaly" else None  # six images: below the inspection model's minimum
     cfg = TrainConfig(task=task, data=str(images), out=str(run), steps=7, batch=2, crop=32, width=8, val_every=3,
-                      log_every=2, device="cpu", threads=1, collapse="off")  # fmt: skip
+                      log_every=2, device="cpu", threads=1, collapse="off", arch=arch)  # fmt: skip
     summary = train(cfg, progress=False)
     written = report.write_report(run)
     names = [p.name for p in written]
@@ -161,8 +162,9 @@ def test_cli_writes_the_report_of_a_stopped_run(tmp_path, images, monkeypatch):
 
     monkeypatch.setattr(tt, "AnomalyAE", ZeroAE)
     out = tmp_path / "run"
-    args = ["--task", "anomaly", "--data", str(images), "--out", str(out), "--steps", "4", "--batch", "2", "--crop",
-            "32", "--width", "8", "--device", "cpu", "--threads", "1", "--val-every", "2", "--collapse", "stop",
+    args = ["--task", "anomaly", "--arch", "scene", "--data", str(images), "--out", str(out), "--steps", "4",
+            "--batch", "2", "--crop", "32", "--width", "8", "--device", "cpu", "--threads", "1", "--val-every", "2",
+            "--collapse", "stop",
             "--no-progress"]  # fmt: skip
     r = CliRunner().invoke(train_cmd, args)
     assert isinstance(r.exception, BadDataError) and "latents collapsed" in str(r.exception)

@@ -29,6 +29,8 @@ def images(tmp_path_factory) -> Path:
 def cfg_for(out: Path, data: Path, task: str = "denoise", **kw) -> TrainConfig:
     base = dict(task=task, data=str(data), out=str(out), steps=6, batch=2, crop=32, width=8, val_every=3,
                 log_every=1, device="cpu", collapse="off", threads=1)  # fmt: skip
+    if task == "anomaly":
+        base["arch"] = "scene"  # the autoencoder; the inspection model has its own tests (test_inspect.py)
     return TrainConfig(**{**base, **kw})
 
 
