@@ -1,0 +1,124 @@
+"""The inspection anomaly model through the product: train -> export (FP32 + INT8 gate) -> score -> calibrate.
+
+A few training steps on tiny textures: nothing here measures detection quality (benchmarks/inspect_bench.py
+does, on real defects); it checks that the bundle carries the model's contract and every device path runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+from train_images import texture  # noqa: E402
+
+from edge_runtime.cli import cli  # noqa: E402
+from edge_runtime.model import load_bundle, open_graph  # noqa: E402
+from export.bundle import ExportOptions, export_run  # noqa: E402
+
+FAST = ExportOptions(calib_frames=4, calib_size=64, val_images=3, val_size=64, debug_frames=2, timing_size=(64, 64),
+                     timing_runs=1, timing_rounds=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def inspect_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("inspect")
+    rng = np.random.default_rng(0)
+    good = root / "good"
+    good.mkdir()
+    for i in range(24):
+        assert cv2.imwrite(str(good / f"g{i:02d}.png"), texture(rng, 80, 1))
+    run = root / "run"
+    train(TrainConfig(task="anomaly", data=str(good), out=str(run), steps=12, batch=4, crop=64, width=8, channels=1,
+                      val_every=6, device="cpu", threads=1), progress=False)  # fmt: skip
+    bundle = export_run(run, root / "bundle", int8=True, progress=False, options=FAST, threads=1)
+    return Path(bundle), run
+
+
+def _mixed_folder(root: Path) -> Path:
+    """Images of three sizes, one colour (the gray model converts it), one unreadable file."""
+    rng = np.random.default_rng(5)
+    folder = root / "mixed"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(80, 80), (96, 144), (200, 120), (64, 64)]):
+        assert cv2.imwrite(str(folder / f"m{i}.png"), texture(rng, max(h, w), 1)[:h, :w])
+    assert cv2.imwrite(str(folder / "colour.png"), texture(rng, 90, 3))
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_bundle_records_the_architecture_and_matches_pytorch(inspect_bundle):
+    from training.checkpoint import load_run
+    from training.inspect_model import InspectFrameGraph
+
+    bundle_dir, run = inspect_bundle
+    bundle = load_bundle(bundle_dir)
+    assert json.loads(bundle.contract["model_config"])["arch"] == "inspect"
+    cal = bundle.calibration or {}
+    graph = open_graph(bundle_dir, "anomaly")
+    meta_threshold = float(graph.info.metadata["edgeae.anomaly.threshold"])
+    assert meta_threshold >= 3.0 and cal.get("threshold", meta_threshold) == pytest.approx(meta_threshold)
+    model, _ = load_run(run)
+    frames = np.stack([texture(np.random.default_rng(k), 96, 1)[:, :80] for k in range(2)])
+    with torch.no_grad():
+        ref = InspectFrameGraph(model)(torch.from_numpy(frames))
+    got = graph.run({"frame": frames})
+    for name, r in zip(("anomaly_map", "score", "features"), ref, strict=True):
+        assert got[name].shape == tuple(r.shape)
+        assert np.abs(got[name] - r.numpy()).max() <= 1e-4, name
+
+
+def test_score_a_folder_of_mixed_sizes_with_events(inspect_bundle, tmp_path):
+    bundle_dir, _ = inspect_bundle
+    folder = _mixed_folder(tmp_path)
+    events = tmp_path / "ev.jsonl"
+    res = CliRunner().invoke(cli, ["score", str(bundle_dir), str(folder), "--events", str(events),
+                                   "--device", "cpu", "--precision", "fp32"])  # fmt: skip
+    # the unreadable file is named and ends the command with exit 3 (bad input), after every other image
+    assert res.exit_code == 3 and "1 input(s) could not be read (broken.png)" in res.output, res.output
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    frames = [ln for ln in lines if ln["type"] == "frame"]
+    assert sorted(f["name"] for f in frames) == ["colour.png", "m0.png", "m1.png", "m2.png", "m3.png"]
+    assert lines[-1]["type"] == "end" and lines[-1]["frames"] == 5
+    threshold = lines[0]["threshold"]
+    for f in frames:
+        assert f["threshold"] == threshold and f["above_threshold"] == (f["score"] > threshold)
+
+
+def test_calibrate_an_inspection_bundle_on_mixed_sizes(inspect_bundle, tmp_path):
+    bundle_dir, _ = inspect_bundle
+    folder = tmp_path / "normals"
+    folder.mkdir()
+    rng = np.random.default_rng(9)
+    for i in range(12):
+        side = (64, 80, 96)[i % 3]
+        assert cv2.imwrite(str(folder / f"n{i:02d}.png"), texture(rng, side, 1))
+    out = tmp_path / "recal"
+    res = CliRunner().invoke(cli, ["calibrate", str(bundle_dir), "--source", str(folder), "--out", str(out),
+                                   "--frames", "12", "--device", "cpu", "--precision", "fp32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["per_location"] is False and summary["frames"] == 12
+    assert load_bundle(out).calibration["threshold"] == pytest.approx(summary["threshold"])
+    assert not (out / "anomaly_stats.npz").exists()
+
+
+def test_int8_is_written_only_within_the_gate(inspect_bundle):
+    bundle_dir, _ = inspect_bundle
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    rows = [r for r in manifest["metrics"]["rows"] if r["precision"] == "int8"]
+    assert len(rows) == 1
+    row = rows[0]
+    written = "anomaly.int8.onnx" in manifest["files"]
+    assert written == row["written"] == (row["status"] == "pass")
+    if written:
+        assert row["delta"] <= row["budget"] == 0.01  # the image-AUROC drop measured on held-out images
+        assert manifest["files"]["anomaly.int8.onnx"]["gate"] == "pass"
