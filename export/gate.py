@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_runtime.errors import BadDataError
+
 VAL_SIZE = 256
 DENOISE_SIGMA = 25.0
 TIMING_SIZE = (480, 640)
@@ -177,7 +179,9 @@ class AnomalyEval:
         self.threads = threads
         multiple = int(cfg["model"]["multiple"])
         self.full = center_crops(val, 1 << 30, multiple)
-        side = max(multiple, size // 2 // multiple * multiple)
+        # Tiles of size/2, or of the smallest validation image when the images are smaller (never none).
+        smallest = min((min(im.shape[:2]) for im in self.full), default=0) // multiple * multiple
+        side = max(multiple, min(size // 2 // multiple * multiple, smallest))
         tiles = []
         for im in self.full:
             grid = [
@@ -188,6 +192,8 @@ class AnomalyEval:
             pick = np.unique(np.linspace(0, len(grid) - 1, min(len(grid), TILES_PER_IMAGE)).round().astype(int))
             tiles += [np.ascontiguousarray(im[grid[k][0] : grid[k][0] + side, grid[k][1] : grid[k][1] + side])
                       for k in pick]  # fmt: skip
+        if not tiles:
+            raise BadDataError(f"no validation image of at least {multiple}x{multiple} pixels for the anomaly gate")
         rng = np.random.default_rng(4321)
         self.frames, self.labels = [], []
         for i, t in enumerate(tiles):

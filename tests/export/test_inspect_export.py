@@ -122,3 +122,15 @@ def test_int8_is_written_only_within_the_gate(inspect_bundle):
     if written:
         assert row["delta"] <= row["budget"] == 0.01  # the image-AUROC drop measured on held-out images
         assert manifest["files"]["anomaly.int8.onnx"]["gate"] == "pass"
+
+
+def test_gate_tiles_validation_images_smaller_than_its_tile():
+    """64-px validation images (the gate's tile is 128): tiles of the image's size, not a crash."""
+    from edge_runtime.errors import BadDataError
+    from export.gate import AnomalyEval
+
+    rng = np.random.default_rng(2)
+    ev = AnomalyEval([texture(rng, 64, 1) for _ in range(3)], {"model": {"multiple": 16}}, threads=1)
+    assert {f.shape[:2] for f in ev.frames} == {(64, 64)} and set(ev.labels) == {0, 1}
+    with pytest.raises(BadDataError, match="no validation image"):
+        AnomalyEval([texture(rng, 8, 1)], {"model": {"multiple": 16}}, threads=1)
