@@ -133,11 +133,16 @@ def runtime_options(f):
     f = click.option("--allow-fallback", is_flag=True,
                      help="Run on the CPU with a warning when the requested device is unavailable "
                           "(default: refuse, exit 4).")(f)  # fmt: skip
-    f = click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-                     help="onnxruntime execution provider; auto picks the best one present (openvino-bf16: "
-                          "OpenVINO with BF16 inference, for CPUs with AVX512_BF16 or AMX).")(f)  # fmt: skip
-    f = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-                     help="Which graph of the bundle to run (int8: CPUs, fp16: GPUs).")(f)  # fmt: skip
+    f = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                     help="onnxruntime execution provider. auto: try every provider installed with the bundle's "
+                          "graphs, keep those whose output matches the FP32 CPU graph within the bundle's gate, run "
+                          "the fastest; measured once per bundle and machine, cached, said on stderr (table: "
+                          "edgeae doctor MODEL). openvino-bf16: OpenVINO with BF16 inference, for CPUs with "
+                          "AVX512_BF16 or AMX.")(f)  # fmt: skip
+    f = click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+                     help="Which graph of the bundle to run (int8: CPUs, fp16: GPUs). auto: chosen with "
+                          "--device auto among the graphs the export gate passed; fp32 with an explicit --device. "
+                          "A precision named under --device auto limits the choice to it.")(f)  # fmt: skip
     return f
 
 
@@ -200,7 +205,7 @@ def cli(debug: bool) -> None:
 
     \b
     Workstation:  edgeae train -> edgeae export        (needs edgeae[train])
-    Device:       edgeae denoise | score | calibrate | compress | decompress | run
+    Device:       edgeae denoise | score | calibrate | compress | decompress | run | doctor
     Measure:      edgeae bench, edgeae demo
 
     Exit codes: 0 ok, 2 usage, 3 bad or corrupt input data or an output that could not be written, 4 model
@@ -462,6 +467,24 @@ def similar(embeddings, query, k, model, as_json, precision, device, allow_fallb
     click.echo(f"query: {q['image']}" if "image" in q else f"query: row {q['row']} ({describe_entry(q)})")
     for hit in result["neighbours"]:
         click.echo(f"{hit['rank']:>3}  row {hit['row']:>6}  cos {hit['similarity']:+.4f}  {describe_entry(hit)}")
+
+
+@cli.command("doctor")
+@click.argument("model", type=click.Path(), required=False)
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="Measure only the graphs of this precision (as --precision does under --device auto).")  # fmt: skip
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="onnxruntime intra-op threads (default: cores - 1, as the runtime commands).")  # fmt: skip
+def doctor(model, precision, threads):
+    """Show the execution providers onnxruntime offers here and, for a MODEL bundle, what --device auto measures.
+
+    For each graph of MODEL: every candidate (provider x precision) with its ms/frame, its largest difference from
+    the FP32 graph on the CPU provider, the tolerance (from the bundle's precision gate) and whether it passed or
+    why it was skipped; then the choice, which replaces the cached one.
+    """
+    from edge_runtime.autodevice import doctor as report
+
+    click.echo(report(model, precision=precision, threads=threads))
 
 
 def _run_config(path: str) -> None:

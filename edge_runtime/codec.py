@@ -182,7 +182,7 @@ class _Codec:
         self.multiple = _pad_multiple(self.graph)
         self.channels = self.graph.frame_channels()
         self.max_side = min(self.graph.info.max_side, bitstream.MAX_SIDE)
-        self.precision = precision
+        self.precision = self.graph.info.precision  # "auto" resolved
         self._where = str(self.graph.info.path)
 
     def _check_sides(self, height: int, width: int, what: str) -> None:

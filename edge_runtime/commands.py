@@ -202,7 +202,7 @@ def compress(model: Any, input_spec: Any, output_path: Any, *, quality: int | No
     res = run_loop(src, task, [Route(sink, "record")], progress=bar, start=start, keep_on_stop=False)
     stats = {**_base_stats(res, src), "input": os.fspath(input_spec), "output": str(output_path),
              "model": str(bundle.root), "model_id": encoder.model_id.hex(), "quality": encoder.quality,
-             "precision": precision, "channels": encoder.channels, "pad_multiple": encoder.multiple,
+             "precision": encoder.precision, "channels": encoder.channels, "pad_multiple": encoder.multiple,
              "frames": res.frames, **task.summary()}  # fmt: skip
     if res.frames and not res.interrupted and os.path.exists(output_path):
         stats["bytes"] = os.stat(output_path).st_size
@@ -287,7 +287,7 @@ def decompress(stream_path: Any, output: Any, *, model: Any = None, models_dir: 
         video_size = (w + w % 2, h + h % 2)
     stats = {**_base_stats(res, src), "stream": where, "output": str(output), "kind": kind, "frames": res.frames,
              "bytes_in": len(plan.data), "model": str(decoder.bundle.root), "model_id": plan.header.model_id.hex(),
-             "quality": plan.header.quality, "precision": precision, "video_size": video_size}  # fmt: skip
+             "quality": plan.header.quality, "precision": decoder.precision, "video_size": video_size}  # fmt: skip
     stats["ms"] = {k: round(v["mean_ms"], 3) for k, v in stats["stages"].items()}
     return _finish(res, src, stats, where)
 

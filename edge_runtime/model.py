@@ -626,11 +626,21 @@ def open_graph(
 
     ``graph`` may be None when the bundle (or the file's ``edgeae.graph`` metadata) has only one graph.
     A single file gets every check except the manifest's SHA-256. The session is created from the bytes that
-    were checked. ``device``: cpu, cuda, tensorrt, openvino, coreml, xnnpack or auto (see
-    :func:`edge_runtime.session.resolve_device`). Raises ModelRejectedError (4) or UsageError (2).
+    were checked. ``device``: cpu, cuda, tensorrt, openvino, openvino-bf16, coreml, xnnpack (see
+    :func:`edge_runtime.session.resolve_device`) or auto: the fastest provider and precision that reproduces
+    the FP32 CPU reference, measured and cached (:mod:`edge_runtime.autodevice`; ``allow_fallback`` does not
+    apply). ``precision`` ``"auto"``: chosen with the device under auto, fp32 under an explicit device.
+    Raises ModelRejectedError (4) or UsageError (2).
     """
     from .session import RuntimeGraph, create_session
 
+    if device == "auto":
+        from .autodevice import open_auto
+
+        return open_auto(path_or_bundle, graph, precision, threads=threads, expected=expected,
+                         provider_options=provider_options)  # fmt: skip
+    if precision == "auto":
+        precision = "fp32"  # an explicit device runs the graph it ran before auto existed
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
     bundle, graph, model_path, model_bytes = _graph_bytes(path_or_bundle, graph, precision)

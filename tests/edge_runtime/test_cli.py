@@ -47,7 +47,9 @@ def test_bad_input_path_is_exit_3_naming_the_path(make_bundle, tmp_path):
         cli, ["denoise", str(bundle), str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png")]
     )
     assert res.exit_code == errors.BAD_DATA
-    assert "missing.png" in res.stderr and res.stderr.count("\n") == 1
+    # the model loads first: --device auto says its choice in one line, then the error is one line
+    auto, error = res.stderr.splitlines()
+    assert auto.startswith("edgeae: device auto -> cpu fp32") and "missing.png" in error
     assert not (tmp_path / "o.png").exists()
 
 

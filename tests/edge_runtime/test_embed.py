@@ -406,7 +406,7 @@ def test_similar_by_image_embeds_it_with_the_model(encoder_bundles, video_embedd
     result = invoke("similar", video_embeddings, "--query", query, "--k", "5", "--model", encoder_bundles["int8"],
                     "--precision", "int8", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert all(scene_of(json.loads(line)["row"]) == 1 for line in result.output.splitlines())
+    assert all(scene_of(json.loads(line)["row"]) == 1 for line in result.stdout.splitlines())
 
 
 def test_similar_refuses_another_model_and_a_missing_model(make_bundle, video_embeddings, tmp_path):

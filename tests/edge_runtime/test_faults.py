@@ -244,7 +244,8 @@ def test_progress_is_one_summary_line_when_not_a_terminal(make_bundle, tmp_path)
     res = subprocess.run([*EDGEAE, "denoise", str(make_bundle(("denoise",))), str(clip), "-o",
                           str(tmp_path / "o.mkv")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    lines = res.stderr.splitlines()
+    auto, *lines = res.stderr.splitlines()  # first --device auto's choice, in one line
+    assert auto.startswith("edgeae: device auto -> cpu fp32 (")
     assert len(lines) == 1 and "10/10" not in lines[0] and "10 frames in" in lines[0] and "frames/s" in lines[0]
 
 

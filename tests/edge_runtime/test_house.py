@@ -20,7 +20,7 @@ TASKS = {"denoise", "anomaly", "codec", "embed", "calibration", "registration"}
 SOURCES = {"sources", "streamsource"}
 SINKS = {"outputs", "serve"}
 LOOP = {"pipeline", "commands", "cli"}
-SESSION = {"session", "model"}
+SESSION = {"session", "model", "autodevice"}
 
 
 def modules() -> dict[str, ast.Module]:
