@@ -272,8 +272,10 @@ def score(model, input, output, events, precision, device, allow_fallback, threa
                    "camera or stream).")  # fmt: skip
 @click.option("--every", type=click.FloatRange(min=0), default=None,
               help="Seconds between the frames taken (default: the span divided by --frames).")  # fmt: skip
-@click.option("--per-location/--global-only", default=True, show_default=True,
-              help="Also fit a Gaussian per feature location (adapts a generic model to a fixed camera).")  # fmt: skip
+@click.option("--per-location/--global-only", default=None,
+              help="Also fit a Gaussian per feature location (adapts a generic model to a fixed camera). Default: "
+                   "per location for the fixed-camera model, global only for an inspection model (any image "
+                   "size).")  # fmt: skip
 @runtime_options
 def calibrate(model, source, out, in_place, n, duration, every, per_location, precision, device, allow_fallback,
               threads):  # fmt: skip

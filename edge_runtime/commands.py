@@ -603,7 +603,7 @@ def calibration_span(src: Any, n: int, duration: float | None, every: float | No
 
 
 def calibrate_source(model: Any, source: Any, *, n: int, out: Any = None, duration: float | None = None,
-                     every: float | None = None, per_location: bool = True, precision: str = "fp32",
+                     every: float | None = None, per_location: bool | None = None, precision: str = "fp32",
                      device: str = "cpu", threads: int | None = None, allow_fallback: bool = False,
                      progress: bool = False) -> dict[str, Any]:  # fmt: skip
     """`edgeae calibrate`: ``n`` frames of ``source`` spread over its span -> :func:`edge_runtime.calibration.calibrate`

@@ -104,15 +104,30 @@ def _deliver(outcome: Outcome, frame: Any, routes: list[Route], events: _Events,
                 route.sink.write(value, int(frame.index), getattr(frame, "name", ""), float(frame.timestamp))
 
 
+def _report_unreadable(source: Any, events: _Events, reported: int) -> int:
+    """An ``error`` line (``name``, ``reason``; no frame index: it never became a frame) for each image the source
+    skipped as unreadable since the last call; returns how many are reported now."""
+    stats = getattr(source, "stats", None)
+    bad = list(getattr(stats, "bad_files", None) or [])
+    last = str(getattr(stats, "last_error", "") or "")
+    for name in bad[reported:]:
+        reason = last[len(name) + 2 :] if last.startswith(f"{name}: ") else "could not be read"
+        events.emit({"v": EVENTS_VERSION, "type": "error", "wall": now_wall(), "name": name,
+                     "reason": f"skipped: {reason}"})  # fmt: skip
+    return max(reported, len(bad))
+
+
 def _iterate(source: Any, task: Task, routes: list[Route], res: LoopResult, events: _Events,
              max_frames: int | None, progress: Progress | None, on_frame: Callable[[int], None] | None,
              stop: threading.Event | None) -> None:  # fmt: skip
     clock = res.clock
     it = iter(source)
+    unreadable = 0
     while max_frames is None or res.frames < max_frames:
         t0 = time.perf_counter()
         frame = None if stop is not None and stop.is_set() else next(it, None)
         clock.add("capture", (time.perf_counter() - t0) * 1000)
+        unreadable = _report_unreadable(source, events, unreadable)
         if stop is not None and stop.is_set():
             # Another thread ended this loop (several cameras): it also closed the source, so a frame that never
             # comes does not keep the loop waiting.

@@ -216,8 +216,12 @@ def test_one_bad_frame_never_ends_a_run(make_bundle, tmp_path):
     assert res.exit_code == errors.BAD_DATA and "4 frame(s) processed" in res.stderr
     events = lines_of(ev2)
     assert len([e for e in events if e["type"] == "frame"]) == 4
-    (err,) = [e for e in events if e["type"] == "error"]
+    err, broken = [e for e in events if e["type"] == "error"]
     assert err["name"] == "1b.png" and "8192" in err["reason"]
+    # the corrupt file never became a frame: its line has the name and the reason, no frame index
+    assert broken["name"] == "2b.png" and "frame" not in broken and broken["reason"].startswith("skipped: ")
+    run_errors = [e for e in lines_of(ev) if e["type"] == "error"]
+    assert sorted(e["name"] for e in run_errors) == ["1b.png", "2b.png"]  # `run` drops both in the source
 
 
 def test_nan_frames_are_counted_not_fatal_in_a_run(make_bundle, tmp_path):

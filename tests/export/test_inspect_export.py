@@ -88,6 +88,8 @@ def test_score_a_folder_of_mixed_sizes_with_events(inspect_bundle, tmp_path):
     frames = [ln for ln in lines if ln["type"] == "frame"]
     assert sorted(f["name"] for f in frames) == ["colour.png", "m0.png", "m1.png", "m2.png", "m3.png"]
     assert lines[-1]["type"] == "end" and lines[-1]["frames"] == 5
+    errors = [ln for ln in lines if ln["type"] == "error"]
+    assert [(e["name"], "frame" in e) for e in errors] == [("broken.png", False)] and "skipped" in errors[0]["reason"]
     threshold = lines[0]["threshold"]
     for f in frames:
         assert f["threshold"] == threshold and f["above_threshold"] == (f["score"] > threshold)
