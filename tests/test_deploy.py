@@ -455,13 +455,14 @@ def test_sysusers_file_creates_the_user_in_group_video(tmp_path):
 
 def unit_process(image: Image, tmp: Path, env_file: dict[str, str], instance: str = "front"):
     """What systemd starts for ``edgeae@instance``: the unit's Environment= then its EnvironmentFile, the
-    specifiers %i, %S, %L under ``tmp``, the state and logs folders made, the working directory set."""
+    specifiers %i, %S, %L, %C under ``tmp``, the state, logs and cache folders made, the working directory set."""
     u = unit()
-    spec = {"i": instance, "I": instance, "S": str(tmp / "state"), "L": str(tmp / "log")}
+    spec = {"i": instance, "I": instance, "S": str(tmp / "state"), "L": str(tmp / "log"), "C": str(tmp / "cache")}
     env: dict[str, str] = {}
     for line in u.values("Service", "Environment"):
         key, _, value = line.partition("=")
-        env[key] = value
+        env[key] = re.sub(r"%([a-zA-Z])", lambda m: spec[m.group(1)], value)
+    (tmp / "cache" / u.get("Service", "CacheDirectory").replace("%i", instance)).mkdir(parents=True, exist_ok=True)
     env.update(env_file)
     state = tmp / "state" / u.get("Service", "StateDirectory").replace("%i", instance)
     logs = tmp / "log" / u.get("Service", "LogsDirectory").replace("%i", instance)
@@ -534,6 +535,8 @@ def test_sigterm_ends_the_units_run_cleanly_and_the_healthcheck_sees_it(image, t
     cap = cv2.VideoCapture(str(cwd / "rec.mkv"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == stats["frames_processed"] > 0
     cap.release()
+    # --device auto's choice was cached in the unit's CacheDirectory (ProtectHome hides ~/.cache)
+    assert list((tmp_path / "cache" / "edgeae" / "front").glob("*.json")), "no device cache written"
 
 
 @pytest.mark.slow
