@@ -502,7 +502,9 @@ def train(cfg: TrainConfig, progress: bool = True, loss_hook=None) -> dict:
             done = 1.0 if flag.item() > 0 else done
         if done >= 1:
             break
-        warm = min(1.0, (step + 1) / max(1, cfg.steps // 50))
+        # warm-up over the first 2 % of the schedule, counted in steps or (with --minutes) in time, whichever ends
+        # first: a large --steps cap under a time budget must not spend the budget warming up
+        warm = min(1.0, max((step + 1) / max(1, cfg.steps // 50), done / 0.02))
         lr = cfg.lr * st.lr_scale * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
         for g in opt.param_groups:
             g["lr"] = lr

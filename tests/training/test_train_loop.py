@@ -251,3 +251,12 @@ def test_cli_errors(tmp_path, images):
     assert isinstance(r.exception, BadDataError) and "larger than every image" in str(r.exception)
     r = invoke("--task", "segment", "--out", tmp_path / "e")
     assert r.exit_code == 2  # click's own usage error for a bad choice
+
+
+def test_a_time_budget_warms_up_in_time_not_in_a_huge_step_cap(tmp_path, images):
+    """--minutes with a --steps cap far beyond reach (the inspection default): the warm-up is 2 % of the time."""
+    run = tmp_path / "run"
+    summary = train(cfg_for(run, images, steps=100_000, minutes=0.05, val_every=100_000, lr=1e-3), progress=False)
+    assert 0 < summary["steps"] < 2000  # the time ran out long before the step-counted warm-up (2,000) would end
+    lrs = [r["lr"] for r in read_log(run) if r["kind"] == "train"]
+    assert max(lrs) > 0.5e-3  # the peak learning rate was reached
