@@ -136,3 +136,32 @@ def test_gate_tiles_validation_images_smaller_than_its_tile():
     assert {f.shape[:2] for f in ev.frames} == {(64, 64)} and set(ev.labels) == {0, 1}
     with pytest.raises(BadDataError, match="no validation image"):
         AnomalyEval([texture(rng, 8, 1)], {"model": {"multiple": 16}}, threads=1)
+
+
+def test_run_on_a_video_scores_every_frame(inspect_bundle, tmp_path):
+    """`edgeae run` on a video: the inspection bundle goes through the stream path (smoothing, alarms)."""
+    bundle_dir, _ = inspect_bundle
+    rng = np.random.default_rng(4)
+    clip = tmp_path / "line.mkv"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"FFV1"), 10, (96, 80))
+    for _ in range(8):
+        writer.write(cv2.cvtColor(texture(rng, 96, 1)[:80], cv2.COLOR_GRAY2BGR))
+    writer.release()
+    events = tmp_path / "ev.jsonl"
+    res = CliRunner().invoke(cli, ["run", str(bundle_dir), "--source", str(clip), "--events", str(events),
+                                   "--device", "cpu", "--precision", "fp32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    frames = [json.loads(line) for line in events.read_text().splitlines() if '"type":"frame"' in line]
+    assert [f["frame"] for f in frames] == list(range(8))
+    assert all(np.isfinite(f["score"]) and isinstance(f["alarm"], bool) for f in frames)
+
+
+def test_training_on_a_folder_without_images_is_one_line(tmp_path):
+    from edge_runtime.errors import BadDataError
+    from training.train import TrainConfig, train
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadDataError, match="no images found") as err:
+        train(TrainConfig(task="anomaly", data=str(tmp_path / "empty"), out=str(tmp_path / "r"), steps=1),
+              progress=False)  # fmt: skip
+    assert "\n" not in str(err.value)
