@@ -95,11 +95,34 @@ SCORE_WINDOW = 16  # pixels; the graph's score window unless its model_config sa
 # Results
 
 
+INSPECT_MAP_STRIDE = 4  # the inspection graph's map is computed at 1/4 scale; its score_window counts those cells
+
+
+def window_max(amap: np.ndarray, window: int) -> float:
+    """The largest mean of ``amap`` (H, W) over ``window`` x ``window`` windows at a stride of half a window, the
+    last row and column of windows flush with the edges: the inspection graph's score, taken on the frame's own
+    pixels. The graph's ``score`` also covers the padding added to reach the input multiple (mirrored content the
+    model may flag: on ELPV solar cells padding 300 px to 304 cost 0.03 image AUROC), so the runtime and the
+    export's threshold both use this instead."""
+    h, w = amap.shape
+    k = max(1, min(int(window), h, w))
+    step = max(1, k // 2)
+    ys = np.unique(np.append(np.arange(0, h - k + 1, step), h - k))
+    xs = np.unique(np.append(np.arange(0, w - k + 1, step), w - k))
+    table = cv2.integral(np.ascontiguousarray(amap, dtype=np.float32))  # (H+1, W+1) float64
+    sums = table[ys + k][:, xs + k] - table[ys][:, xs + k] - table[ys + k][:, xs] + table[ys][:, xs]
+    return float(sums.max() / (k * k))
+
+
 def model_arch(bundle: Bundle) -> str:
     """The anomaly model's architecture from the bundle's ``model_config``: "inspect" (segmentation of defects,
     parts whose position varies) or "scene" (the fixed-camera autoencoder; also bundles from before the field)."""
+    return _config_arch(bundle.contract.get("model_config"))
+
+
+def _config_arch(text: str | None) -> str:
     try:
-        cfg = json.loads(bundle.contract.get("model_config") or "{}")
+        cfg = json.loads(text or "{}")
     except ValueError:
         return "scene"
     return "inspect" if isinstance(cfg, dict) and cfg.get("arch") == "inspect" else "scene"
@@ -319,6 +342,8 @@ class AnomalyScorer:
             raise ModelRejectedError(f"{self.where}: not an anomaly model (edgeae.task={meta.get('edgeae.task')!r})")
         self.calibration = self._read_calibration(meta)
         self.score_window = self._score_window(meta)
+        # the inspection model's raw score is taken on the frame's own pixels (window_max), not the graph's
+        self.inspect = _config_arch(meta.get("edgeae.model_config")) == "inspect"
         self.model_sha256 = self._model_sha()
         self.stats: LocationStats | None = None
         if self.bundle is not None and STATS_NAME in self.bundle.manifest.get("files", {}):
@@ -361,9 +386,12 @@ class AnomalyScorer:
 
     @staticmethod
     def _score_window(meta: dict[str, str]) -> int:
+        """The score window in pixels: the model's ``score_window`` (map cells for the inspection model)."""
         try:
             cfg = json.loads(meta.get("edgeae.model_config") or "{}")
             window = int(cfg.get("score_window", SCORE_WINDOW)) if isinstance(cfg, dict) else SCORE_WINDOW
+            if isinstance(cfg, dict) and cfg.get("arch") == "inspect":
+                window *= INSPECT_MAP_STRIDE
         except (ValueError, TypeError):
             window = SCORE_WINDOW
         return window if 1 <= window <= 1024 else SCORE_WINDOW
@@ -477,7 +505,8 @@ class AnomalyScorer:
         """
         if stats is None:
             windowed = _smooth(a.amap, _window_kernel(self.score_window))
-            return a.graph_score, windowed, a.amap
+            raw = window_max(a.amap, self.score_window) if self.inspect else a.graph_score
+            return raw, windowed, a.amap
         grid = self._combined_grid(a, stats)
         ph, pw = a.padded
         fh, fw = grid.shape

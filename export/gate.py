@@ -178,6 +178,13 @@ class AnomalyEval:
 
         self.threads = threads
         multiple = int(cfg["model"]["multiple"])
+        # The inspection model is scored like the runtime scores it (edge_runtime.anomaly.window_max, on the
+        # frame's own pixels), so the threshold set here is in the runtime's units.
+        self.window = None
+        if cfg["model"].get("arch") == "inspect":
+            from edge_runtime.anomaly import INSPECT_MAP_STRIDE
+
+            self.window = int(cfg["model"]["score_window"]) * INSPECT_MAP_STRIDE
         self.full = center_crops(val, 1 << 30, multiple)
         # Tiles of size/2, or of the smallest validation image when the images are smaller (never none).
         smallest = min((min(im.shape[:2]) for im in self.full), default=0) // multiple * multiple
@@ -207,6 +214,11 @@ class AnomalyEval:
     def scores(self, model: bytes, frames: list[np.ndarray]) -> np.ndarray:
         s = make_session(model, self.threads)
         names = [o.name for o in s.get_outputs()]
+        if self.window is not None:
+            from edge_runtime.anomaly import window_max
+
+            at = names.index("anomaly_map")
+            return np.array([window_max(_run(s, f[None])[at][0], self.window) for f in frames])
         at = names.index("score")
         return np.array([float(_run(s, f[None])[at][0]) for f in frames])
 

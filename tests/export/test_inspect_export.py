@@ -165,3 +165,38 @@ def test_training_on_a_folder_without_images_is_one_line(tmp_path):
         train(TrainConfig(task="anomaly", data=str(tmp_path / "empty"), out=str(tmp_path / "r"), steps=1),
               progress=False)  # fmt: skip
     assert "\n" not in str(err.value)
+
+
+def test_window_max_is_the_largest_window_mean_inside_the_frame():
+    from edge_runtime.anomaly import window_max
+
+    rng = np.random.default_rng(7)
+    amap = rng.random((37, 45)).astype(np.float32)
+    k, step = 8, 4
+    brute = max(
+        float(amap[y : y + k, x : x + k].mean())
+        for y in sorted({*range(0, 37 - k + 1, step), 37 - k})
+        for x in sorted({*range(0, 45 - k + 1, step), 45 - k})
+    )
+    assert window_max(amap, k) == pytest.approx(brute, rel=1e-6)
+    hot = np.zeros((37, 45), np.float32)
+    hot[-8:, -8:] = 1.0  # flush with the bottom-right corner, off the stride grid: still found whole
+    assert window_max(hot, 8) == pytest.approx(1.0)
+    assert window_max(np.full((5, 3), 0.25, np.float32), 16) == pytest.approx(0.25)  # window larger than the map
+
+
+def test_runtime_score_ignores_the_padding_and_matches_the_graph_without_it(inspect_bundle):
+    from edge_runtime.anomaly import AnomalyScorer, window_max
+
+    bundle_dir, _ = inspect_bundle
+    scorer = AnomalyScorer(bundle_dir)
+    assert scorer.inspect and scorer.score_window == 16
+    rng = np.random.default_rng(11)
+    even = texture(rng, 96, 1)[:80]  # a multiple of 16: nothing padded
+    a = scorer.analyse(even)
+    raw, _, _ = scorer.raw_map(a, None)
+    assert raw == pytest.approx(a.graph_score, abs=0.02)  # the same definition, up to the map's upsampling
+    odd = texture(rng, 90, 1)  # padded to 96 for the graph
+    a = scorer.analyse(odd)
+    raw, _, _ = scorer.raw_map(a, None)
+    assert a.amap.shape == (90, 90) and raw == window_max(a.amap, 16)
