@@ -200,3 +200,22 @@ def test_runtime_score_ignores_the_padding_and_matches_the_graph_without_it(insp
     a = scorer.analyse(odd)
     raw, _, _ = scorer.raw_map(a, None)
     assert a.amap.shape == (90, 90) and raw == window_max(a.amap, 16)
+
+
+def test_anomaly_gate_refuses_moved_normal_scores_even_at_equal_auroc():
+    """The AUROC on synthetic defects can hold while every score moves: real, subtle defects then rank worse."""
+    from export.gate import AnomalyEval, Budget
+
+    ref = {"image_auroc": 0.9, "normal_scores": [0.0, 1.0, 2.0, 3.0]}  # std 1.118
+    same = {"image_auroc": 0.9, "normal_scores": [0.05, 1.05, 1.95, 3.0]}
+    moved = {"image_auroc": 0.9, "normal_scores": [0.5, 1.5, 2.5, 3.5]}
+    compare = AnomalyEval.compare
+    assert compare(None, ref, same, Budget()) == (0.0, True) and same["score_shift_sd"] == pytest.approx(
+        0.0335, abs=1e-3
+    )
+    assert compare(None, ref, moved, Budget()) == (0.0, False) and moved["score_shift_sd"] == pytest.approx(
+        0.4472, abs=1e-3
+    )
+    assert compare(None, ref, moved, Budget(score_shift=0.5))[1] is True
+    worse = {"image_auroc": 0.88, "normal_scores": ref["normal_scores"]}
+    assert compare(None, ref, worse, Budget()) == (pytest.approx(0.02), False)
