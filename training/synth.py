@@ -2,11 +2,10 @@
 
 Each defect is a mask and a fill. Masks: low-frequency noise thresholded at a random level (irregular blobs
 of random size, like Perlin-noise masks in DRAEM) or thin polylines (cracks, scratches). Fills: texture from
-another normal image (rotated, rescaled 2-4x up or down, half the time inverted, blended 30-100 %), a darker or
-brighter copy, a smoothed copy, a noise texture of the image's mean, or a darker (rarely brighter) line. None
-of them needs data from outside the user's normal images. The validation defects of
-``training.defects.paste_defect`` are a different family (pasted polygons, straight scratches of flat tone,
-colour stains), so validation does not test the shapes the model was taught.
+another normal image (rotated, blended 30-100 %), a darker or brighter copy, a smoothed copy, a noise texture
+of the image's mean, or a darker (rarely brighter) line. None of them needs data from outside the user's normal
+images. The validation defects of ``training.defects.paste_defect`` are a different family (pasted polygons,
+straight scratches of flat tone, colour stains), so validation does not test the shapes the model was taught.
 """
 
 from __future__ import annotations
@@ -48,17 +47,9 @@ def _fill(x: np.ndarray, kind: str, rng: np.random.Generator, donor: np.ndarray)
     """float32 (h, w, c) image -> the float32 fill of a defect of ``kind``."""
     h, w, c = x.shape
     if kind == "foreign":
-        # Another normal image made foreign: rescaled 2-4x up or down and half the time inverted, so a textured
-        # surface's own grain (which the model must learn is normal) is never what it is taught to flag.
         d = np.rot90(donor, int(rng.integers(4))).astype(np.float32)
-        scale = rng.uniform(2, 4) if rng.random() < 0.5 else rng.uniform(0.25, 0.5)
-        d = cv2.resize(d, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR).reshape(
-            round(d.shape[0] * scale), round(d.shape[1] * scale), -1
-        )
-        reps = (-(-h // d.shape[0]), -(-w // d.shape[1]), 1)
-        d = np.tile(d, reps)[:h, :w, :c]
-        if rng.random() < 0.5:
-            d = 255.0 - d
+        d = cv2.resize(d, (w, h)) if d.shape[:2] != (h, w) else d
+        d = d.reshape(h, w, -1)[:, :, :c]
         beta = rng.uniform(0.3, 1.0)
         return beta * d + (1 - beta) * x
     if kind == "shade":
