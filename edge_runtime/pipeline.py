@@ -108,9 +108,11 @@ def _report_unreadable(source: Any, events: _Events, reported: int) -> int:
     """An ``error`` line (``name``, ``reason``; no frame index: it never became a frame) for each image the source
     skipped as unreadable since the last call; returns how many are reported now."""
     stats = getattr(source, "stats", None)
-    bad = list(getattr(stats, "bad_files", None) or [])
+    bad = getattr(stats, "bad_files", None) or ()
+    if len(bad) <= reported:  # the usual case, every frame: nothing new, nothing copied
+        return reported
     last = str(getattr(stats, "last_error", "") or "")
-    for name in bad[reported:]:
+    for name in list(bad[reported:]):
         reason = last[len(name) + 2 :] if last.startswith(f"{name}: ") else "could not be read"
         events.emit({"v": EVENTS_VERSION, "type": "error", "wall": now_wall(), "name": name,
                      "reason": f"skipped: {reason}"})  # fmt: skip

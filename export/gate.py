@@ -26,6 +26,7 @@ such a frame.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -182,6 +183,7 @@ class AnomalyEval:
         from training.defects import DEFECT_KINDS, paste_defect
 
         self.threads = threads
+        self._normal: dict[bytes, np.ndarray] = {}
         multiple = int(cfg["model"]["multiple"])
         # The inspection model is scored like the runtime scores it (edge_runtime.anomaly.window_max, on the
         # frame's own pixels), so the threshold set here is in the runtime's units.
@@ -235,11 +237,15 @@ class AnomalyEval:
                 "normal_scores": [round(float(v), 6) for v in normal]}  # fmt: skip
 
     def normal_scores(self, model: bytes) -> np.ndarray:
-        """Raw scores of the whole validation images (cut to the multiple) and their mirror images."""
-        frames = []
-        for im in self.full:
-            frames += [im, np.ascontiguousarray(im[:, ::-1]), np.ascontiguousarray(im[::-1])]
-        return self.scores(model, frames)
+        """Raw scores of the whole validation images (cut to the multiple) and their mirror images. Kept per graph
+        (SHA-256 of its bytes): the export's calibration and the gate's FP32 reference ask for the same ones."""
+        key = hashlib.sha256(model).digest()
+        if key not in self._normal:
+            frames = []
+            for im in self.full:
+                frames += [im, np.ascontiguousarray(im[:, ::-1]), np.ascontiguousarray(im[::-1])]
+            self._normal[key] = self.scores(model, frames)
+        return self._normal[key].copy()
 
     def compare(self, ref: dict, cand: dict, budget: Budget) -> tuple[float, bool]:
         """AUROC drop (the reported delta) within budget, and the normal images' scores within ``score_shift``
