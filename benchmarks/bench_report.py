@@ -263,7 +263,8 @@ def _denoise_tables(den: dict[str, Any]) -> list[dict[str, Any]]:
             rows,
             [None, "g", None, None, None, None, ".2f", ".4f", None],
             f"noise: {den['noise']}; images: {den['sources']}; BM3D on the first {den['bm3d']['images']} BSD68 "
-            f"images at sigma {den['bm3d']['sigmas']}",
+            f"images at sigma {den['bm3d']['sigmas']}; CBM3D on the first {den.get('cbm3d', {}).get('images', 0)} "
+            f"Set14 images at sigma {den.get('cbm3d', {}).get('sigmas', [])}; per-image PSNR/SSIM in results.json",
         )
     ]
     deltas = _precision_deltas(den["rows"])

@@ -109,7 +109,14 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     default=None,
     help="BSD68 images BM3D runs on (about 11 s each on 2 cores) [default: 68; --quick: 1].",
 )
-@click.option("--bm3d-sigmas", default=None, help="Noise levels BM3D runs at [default: 25].")
+@click.option(
+    "--cbm3d-images",
+    type=click.IntRange(0),
+    default=None,
+    help="Set14 images CBM3D (colour BM3D) runs on (about 54 s per 768x512 image on 2 cores) [default: 14; "
+    "--quick: 1].",
+)
+@click.option("--bm3d-sigmas", default=None, help="Noise levels BM3D and CBM3D run at [default: 25].")
 @click.option(
     "--checkpoints",
     default=None,
@@ -136,7 +143,7 @@ def bench(quick: bool, quiet: bool, **options: Any) -> None:
     (GOP/s for INT8) against matmul peaks measured in the same run. Side by side: PyTorch eager on the
     same checkpoint, native OpenVINO on the same ONNX files (when installed), OpenCV's classical methods,
     and the full `edgeae run` loop against bare session.run. --quality adds PSNR/SSIM against fastNlMeans
-    and BM3D, codec rate-distortion against JPEG and WebP, and anomaly AUROC.
+    and (C)BM3D, codec rate-distortion against JPEG and WebP, and anomaly AUROC.
 
     \b
     Writes OUT/results.json, OUT/README.md (tables, goals) and PNG plots.

@@ -2,8 +2,10 @@
 
 * Denoising: PSNR/SSIM at each noise level on BSD68 and Set12 (gray models) and Set14 (colour models), the
   noisy input clipped and rounded to uint8 (:func:`benchmarks.baselines.add_noise`); OpenCV fastNlMeans on the
-  same noisy images, and BM3D on the first ``bm3d_images`` BSD68 images (the model is also scored on exactly
-  those images, so the comparison is paired). Without a data folder: scikit-image's photographs.
+  same noisy images, BM3D on the first ``bm3d_images`` BSD68 images and CBM3D (``bm3d.bm3d_rgb``, about 54 s
+  per 768x512 image on 2 cores) on the first ``cbm3d_images`` Set14 images (the model and fastNlMeans are also
+  scored on exactly those images, so the comparison is paired). Per-image PSNR and SSIM of every row are in
+  the results. Without a data folder: scikit-image's photographs (no (C)BM3D).
 * Compression: rate-distortion on Set14 (colour) with the real payload size of each frame record
   (:meth:`edge_runtime.codec.Encoder.encode`), PSNR and MS-SSIM over the three channels, against OpenCV JPEG and
   WebP quality sweeps; Bjøntegaard rate against both; encode/decode time at 640x480 against JPEG at the quality
@@ -32,6 +34,7 @@ SIGMAS = (15, 25, 50)
 GRAY_SETS = ("bsd68_gray", "set12_gray")
 COLOR_SETS = ("set14",)
 BM3D_SET = "bsd68_gray"
+CBM3D_SET = "set14"  # colour photographs the committed colour model never trained on (models/README.md)
 JPEG_QUALITIES = (2, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 CODEC_SET = "set14"
@@ -75,11 +78,19 @@ def _crop(img: np.ndarray, size: int) -> np.ndarray:
 # Denoising
 
 
-def _score(clean: list[np.ndarray], out: list[np.ndarray]) -> tuple[float, float]:
-    return (
-        float(np.mean([bl.psnr(c, o) for c, o in zip(clean, out, strict=True)])),
-        float(np.mean([bl.ssim(c, o) for c, o in zip(clean, out, strict=True)])),
-    )
+def per_image_scores(stems: Sequence[str], clean: list[np.ndarray], out: list[np.ndarray]) -> list[dict[str, Any]]:
+    """``[{image, psnr, ssim}]`` in set order (PSNR ``None`` where the output equals the clean image)."""
+    rows = []
+    for stem, c, o in zip(stems, clean, out, strict=False):
+        p = bl.psnr(c, o)
+        rows.append({"image": stem, "psnr": round(p, 4) if np.isfinite(p) else None, "ssim": round(bl.ssim(c, o), 5)})
+    return rows
+
+
+def _mean_of(per: list[dict[str, Any]]) -> tuple[float, float]:
+    psnrs = [r["psnr"] for r in per]
+    ps = float("inf") if None in psnrs else float(np.mean(psnrs))
+    return ps, float(np.mean([r["ssim"] for r in per]))
 
 
 def _run_method(fn: Callable[[np.ndarray], np.ndarray], noisy: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
@@ -91,6 +102,27 @@ def _run_method(fn: Callable[[np.ndarray], np.ndarray], noisy: list[np.ndarray])
     return outs, 1000.0 * secs / max(1, len(noisy))
 
 
+def _rows(at: dict[str, Any], method: str, model: str | None, precision: str | None, per: list[dict[str, Any]],
+          ms: float | None, **extra: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """The row of one method on one set and sigma, and for ``model``/``fastNlMeans`` where the reference ran on
+    the first k images (``at["paired"] = (k, reference name)``), its row over those k images."""
+    k, ref_name = at["paired"]
+    ps, ss = _mean_of(per)
+    row = {"model": model, "set": at["set"], "sigma": at["sigma"], "method": method, "precision": precision,
+           "images": len(per), "psnr": ps, "ssim": ss, "ms_per_image": ms, **extra, "per_image": per}  # fmt: skip
+    out = [row]
+    if k and method in ("model", "fastNlMeans"):
+        ps, ss = _mean_of(per[:k])
+        out.append({**row, "method": f"{method} ({ref_name} images)", "images": k, "psnr": ps, "ssim": ss,
+                    "per_image": per[:k]})  # fmt: skip
+    return out
+
+
+def reference_method(color: bool) -> str:
+    """The classical reference given the true sigma: BM3D for gray, CBM3D (``bm3d.bm3d_rgb``) for colour."""
+    return "CBM3D" if color else "BM3D"
+
+
 def denoise_quality(
     refs: Sequence[BundleRef],
     data_dir: Path | None,
@@ -100,116 +132,71 @@ def denoise_quality(
     precisions: Sequence[str] | None = None,
     bm3d_images: int = 68,
     bm3d_sigmas: Sequence[float] = (25,),
+    cbm3d_images: int = 14,
     seed: int = 0,
     quick: bool = False,
     progress: Progress = _noop,
 ) -> dict[str, Any]:
-    """PSNR/SSIM and time per image of every denoising bundle, fastNlMeans and BM3D (see the module docstring).
+    """PSNR/SSIM and time per image of every denoising bundle, fastNlMeans and (C)BM3D (see the module docstring).
 
-    Returns ``{"rows": [{model, set, sigma, method, precision, images, psnr, ssim, ms_per_image}], "sources": {},
-    "bm3d": {...}}``; method is ``model``, ``fastNlMeans``, ``noisy`` (the input itself), ``BM3D`` or
-    ``model (BM3D images)`` (the model on the BM3D subset, for the paired comparison).
+    Returns ``{"rows": [{model, set, sigma, method, precision, images, psnr, ssim, ms_per_image, per_image}],
+    "sources": {}, "bm3d": {...}, "cbm3d": {...}}``; ``per_image`` lists ``{image, psnr, ssim}`` in set order.
+    method is ``model``, ``fastNlMeans``, ``noisy`` (the input itself), ``BM3D`` (gray, first ``bm3d_images``
+    BSD68 images) or ``CBM3D`` (colour, first ``cbm3d_images`` Set14 images), each at ``bm3d_sigmas``, and
+    ``model (BM3D images)`` / ``fastNlMeans (BM3D images)`` (or ``CBM3D images``): the same outputs averaged over
+    the reference's images only, for the paired comparison.
     """
     from edge_runtime.denoise import Denoiser
 
     rows: list[dict[str, Any]] = []
     sources: dict[str, str] = {}
-    bm3d_info: dict[str, Any] = {"images": 0, "sigmas": list(bm3d_sigmas)}
+    info = {
+        "BM3D": {"set": BM3D_SET, "images": 0, "sigmas": list(bm3d_sigmas)},
+        "CBM3D": {"set": CBM3D_SET, "images": 0, "sigmas": list(bm3d_sigmas)},
+    }
+    limit = {"BM3D": bm3d_images, "CBM3D": cbm3d_images}
     done_baselines: set[tuple[str, float]] = set()
     for ref in refs:
         color = ref.channels == 3
+        ref_name = reference_method(color)
         sets, note = image_sets(data_dir, color, quick)
         sources[ref.name] = note
         precs = [p for p in ref.precisions() if precisions is None or p in precisions]
         denoisers = {p: Denoiser(ref.bundle, p, "cpu", threads) for p in precs}
         for set_name, items in sets.items():
+            stems = [n for n, _ in items]
             clean = [im for _, im in items]
             for sigma in sigmas:
                 noisy = [noisy_image(im, sigma, i, seed) for i, im in enumerate(clean)]
-                base = {"set": set_name, "sigma": sigma, "images": len(clean)}
+                with_ref = set_name == info[ref_name]["set"] and sigma in bm3d_sigmas and limit[ref_name] > 0
+                k = min(limit[ref_name], len(clean)) if with_ref else 0
+                at = {"set": set_name, "sigma": sigma, "paired": (k, ref_name)}
+
                 for p, den in denoisers.items():
                     progress(f"quality: {ref.name} {p} on {set_name} sigma={sigma:g}")
                     outs, ms = _run_method(den.denoise, noisy)
-                    ps, ss = _score(clean, outs)
-                    rows.append(
-                        {
-                            "model": ref.name,
-                            **base,
-                            "method": "model",
-                            "precision": p,
-                            "psnr": ps,
-                            "ssim": ss,
-                            "ms_per_image": ms,
-                        }
-                    )
-                    if not color and set_name == BM3D_SET and sigma in bm3d_sigmas and bm3d_images > 0:
-                        k = min(bm3d_images, len(clean))
-                        ps_k, ss_k = _score(clean[:k], outs[:k])
-                        rows.append(
-                            {
-                                "model": ref.name,
-                                **base,
-                                "images": k,
-                                "method": "model (BM3D images)",
-                                "precision": p,
-                                "psnr": ps_k,
-                                "ssim": ss_k,
-                                "ms_per_image": ms,
-                            }
-                        )
+                    rows += _rows(at, "model", ref.name, p, per_image_scores(stems, clean, outs), ms)
                 key = (set_name, float(sigma))
                 if key in done_baselines:
                     continue
                 done_baselines.add(key)
-                ps, ss = _score(clean, noisy)
-                rows.append(
-                    {
-                        "model": None,
-                        **base,
-                        "method": "noisy",
-                        "precision": None,
-                        "psnr": ps,
-                        "ssim": ss,
-                        "ms_per_image": None,
-                    }
-                )
+                rows += _rows(at, "noisy", None, None, per_image_scores(stems, clean, noisy), None)
                 progress(f"quality: fastNlMeans on {set_name} sigma={sigma:g}")
                 outs, ms = _run_method(lambda nz, s=sigma: bl.opencv_denoise(nz, s), noisy)
-                ps, ss = _score(clean, outs)
-                rows.append(
-                    {
-                        "model": None,
-                        **base,
-                        "method": "fastNlMeans",
-                        "precision": None,
-                        "psnr": ps,
-                        "ssim": ss,
-                        "ms_per_image": ms,
-                        "h": bl.nlm_h(sigma, color),
-                    }
+                rows += _rows(
+                    at, "fastNlMeans", None, None, per_image_scores(stems, clean, outs), ms, h=bl.nlm_h(sigma, color)
                 )
-                if not color and set_name == BM3D_SET and sigma in bm3d_sigmas and bm3d_images > 0:
-                    k = min(bm3d_images, len(clean))
-                    progress(f"quality: BM3D on {k} {set_name} images sigma={sigma:g} (about 11 s per image)")
+                if k:
+                    per_s = "about 11 s per 481x321 image" if not color else "about 54 s per 768x512 image"
+                    progress(f"quality: {ref_name} on {k} {set_name} images sigma={sigma:g} ({per_s} on 2 cores)")
                     outs, ms = _run_method(lambda nz, s=sigma: bl.bm3d_denoise(nz, s), noisy[:k])
-                    ps, ss = _score(clean[:k], outs)
-                    rows.append(
-                        {
-                            "model": None,
-                            **base,
-                            "images": k,
-                            "method": "BM3D",
-                            "precision": None,
-                            "psnr": ps,
-                            "ssim": ss,
-                            "ms_per_image": ms,
-                        }
-                    )
-                    bm3d_info["images"] = k
+                    rows += _rows(at, ref_name, None, None, per_image_scores(stems, clean[:k], outs), ms)
+                    info[ref_name]["images"] = k
     return {
         "rows": rows,
         "sources": sources,
-        "bm3d": bm3d_info,
+        "bm3d": info["BM3D"],
+        "cbm3d": info["CBM3D"],
         "sigmas": list(sigmas),
         "noise": "white Gaussian, rounded and clipped to uint8",
     }

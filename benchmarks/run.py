@@ -363,7 +363,13 @@ def _quality(cfg: BenchConfig, refs: list, data_dir: Path | None, skipped: list,
     den = [r for r in refs if r.task == "denoise"]
     if den:
         out["denoise"] = q.denoise_quality(
-            den, data_dir, sigmas=cfg.sigmas, bm3d_images=cfg.bm3d_images, bm3d_sigmas=cfg.bm3d_sigmas, **common
+            den,
+            data_dir,
+            sigmas=cfg.sigmas,
+            bm3d_images=cfg.bm3d_images,
+            bm3d_sigmas=cfg.bm3d_sigmas,
+            cbm3d_images=cfg.cbm3d_images,
+            **common,
         )
     comp = [r for r in refs if r.task == "compress"]
     if comp:

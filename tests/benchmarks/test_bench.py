@@ -585,6 +585,17 @@ def test_quality_quick_on_tiny_sets(tiny: tuple[Path, Path], tmp_path: Path) -> 
     assert {float(r["sigma"]) for r in den} == {15.0, 25.0, 50.0}
     bm3d = next(r for r in den if r["method"] == "BM3D")
     assert bm3d["images"] == 1 and bm3d["psnr"] > 20
+    # Colour: CBM3D on the first Set14 image, paired with the model and fastNlMeans on that image; per-image
+    # PSNR/SSIM in every row, the same noisy images for every method.
+    cbm3d = next(r for r in den if r["method"] == "CBM3D")
+    assert cbm3d["set"] == "set14" and cbm3d["images"] == 1 and cbm3d["psnr"] > 20
+    assert results["quality"]["denoise"]["cbm3d"]["images"] == 1
+    paired = {(r["method"], r["precision"]) for r in den if r["set"] == "set14" and r["images"] == 1}
+    assert {("model (CBM3D images)", "fp32"), ("fastNlMeans (CBM3D images)", None)} <= paired
+    model = next(r for r in den if r["method"] == "model" and r["set"] == "set14" and r["sigma"] == 25.0)
+    assert [p["image"] for p in model["per_image"]] == ["im0", "im1"]
+    assert model["psnr"] == pytest.approx(np.mean([p["psnr"] for p in model["per_image"]]))
+    assert all(0 < p["ssim"] <= 1 for r in den if r["method"] != "noisy" for p in r["per_image"])
     comp = results["quality"]["compress"]
     assert len(comp["curves"]["edgeae fp32"]["bpp"]) == 2 and all(b > 0 for b in comp["curves"]["edgeae fp32"]["bpp"])
     assert "vs JPEG" in comp["bd"]["WebP"] and comp["speed_640x480"][0]["jpeg_quality"] >= 1
@@ -593,6 +604,8 @@ def test_quality_quick_on_tiny_sets(tiny: tuple[Path, Path], tmp_path: Path) -> 
     assert "## Denoising quality" in md and "## Bjøntegaard deltas" in md and "![Rate-distortion (PSNR)]" in md
     goals = [g["goal"] for g in results["goals"]]
     assert any(g.startswith("gray BSD68 sigma=25") for g in goals) and any("Bjøntegaard" in g for g in goals)
+    assert "colour Set14 sigma=25 PSNR >= CBM3D (same images, same run)" in goals
+    assert "colour denoiser >= 100x faster than CBM3D" in goals
 
 
 def test_anomaly_quality_quick(tiny: tuple[Path, Path], tmp_path: Path) -> None:
@@ -728,6 +741,7 @@ def test_help_text() -> None:
         "--quality",
         "--data",
         "--bm3d-images",
+        "--cbm3d-images",
         "--out",
         "--no-torch",
         "--quick",
