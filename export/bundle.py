@@ -198,13 +198,19 @@ class _Exporter:
 
     def load_frames(self, calib: str | None) -> None:
         o = self.opts
+        # The denoise gate also measures on images of the calibration source held out of calibration (issue 19).
         self.frames = frame_sets(self.run_dir, self.cfg, calib, calib_frames=o.calib_frames,
-                                 calib_size=o.calib_size, val_images=o.val_images, seed=o.seed)  # fmt: skip
+                                 calib_size=o.calib_size, val_images=o.val_images, seed=o.seed,
+                                 hold_out_calib=self.task == "denoise")  # fmt: skip
         self.log(f"calibration: {len(self.frames.calib)} crops from {self.frames.calib_source}")
         self.log(f"validation:  {self.frames.val_source}")
         val, cfg, th, size = self.frames.val, self.cfg, self.threads, o.val_size
         if self.task == "denoise":
-            self.ev = gt.DenoiseEval(val, cfg, th, size)
+            evals = {"validation": gt.DenoiseEval(val, cfg, th, size)}
+            if self.frames.held_out:
+                self.log(f"held out:    {self.frames.held_out_source}")
+                evals["calibration held-out"] = gt.DenoiseEval(self.frames.held_out, cfg, th, size)
+            self.ev = gt.GateSets(evals)
         elif self.task == "anomaly":
             self.ev = gt.AnomalyEval(val, cfg, th, size)
         else:
@@ -481,6 +487,16 @@ def _finite(obj):
     return obj
 
 
+def _gate_sets(ex: _Exporter) -> dict[str, str]:
+    """The image sets the gate measured on, by name, with where they came from (every one must pass)."""
+    if ex.frames is None:
+        return {}
+    sets = {"validation": ex.frames.val_source}
+    if isinstance(ex.ev, gt.GateSets) and "calibration held-out" in ex.ev.evals:
+        sets["calibration held-out"] = ex.frames.held_out_source
+    return sets
+
+
 def _manifest(ex: _Exporter, out: Path, command: str, threads: int, settings: qz.Int8Settings, calib) -> dict:
     first = next(iter(ex.specs))
     contract = md.contract(ex.meta(first, "fp32", ""))
@@ -505,6 +521,7 @@ def _manifest(ex: _Exporter, out: Path, command: str, threads: int, settings: qz
             "metric": ex.ev.metric,
             "budget": asdict(ex.budget),
             "validation": ex.frames.val_source if ex.frames else "",
+            "gate_sets": _gate_sets(ex),
             # load_average: the machine's 1/5/15-minute load when timing began; other work inflates every number.
             "timing": {"frame": f"{w}x{h}", "threads": threads, "runs": ex.opts.timing_runs,
                        "rounds": ex.opts.timing_rounds, "provider": "CPUExecutionProvider", "statistic": "median",

@@ -7,12 +7,17 @@
 * Validation (the gate's metric, the anomaly calibration): the run's *validation* split, which was never trained
   on and is never used for calibration. When the run's data cannot be found and ``--calib`` is given, the
   calibration set is split the way training splits data (every 8th image by name is validation).
+* Held out of calibration (``hold_out=True``; the denoise gate's second image set): every 8th image of the
+  calibration source (by position, at least one when there are two or more) is kept out of the calibration crops,
+  so the gate also measures on images of the calibration source that did not set any activation range. With the
+  default source (the run's training split) these are training images the quantizer never saw; with ``--calib``
+  they are the user's own kind of images.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +39,8 @@ class FrameSets:
     val: list[np.ndarray]
     calib_source: str
     val_source: str
+    held_out: list[np.ndarray] = field(default_factory=list)
+    held_out_source: str = ""
 
 
 def _resolve_spec(spec: str, run_dir: Path) -> str:
@@ -108,6 +115,14 @@ def random_crops(images: list[np.ndarray], count: int, size: int, multiple: int,
     return out
 
 
+def hold_out(images: list[np.ndarray], every: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(kept, held out): every ``every``-th image by position is held out, at least one of two or more images."""
+    held_idx = {k for k in range(len(images)) if k % every == every // 2}
+    if not held_idx and len(images) > 1:
+        held_idx = {len(images) - 1}
+    return [im for k, im in enumerate(images) if k not in held_idx], [images[k] for k in sorted(held_idx)]
+
+
 def _load_calib(calib: str, channels: int, count: int):
     """An image folder/file through load_dataset; a video is read only as far as needed (every 10th frame)."""
     from training.data import VIDEO_EXTS, load_dataset, video_frames
@@ -127,6 +142,7 @@ def frame_sets(
     calib_size: int = CALIB_SIZE,
     val_images: int = VAL_IMAGES,
     seed: int = 0,
+    hold_out_calib: bool = False,
 ) -> FrameSets:
     """Calibration and validation images for a run (see the module docstring for which is which)."""
     from training.data import split
@@ -156,6 +172,13 @@ def frame_sets(
         calib_images, calib_source = train, f"{spec} (training split, {len(train)} images)"
     if not calib_images or not val:
         raise BadDataError("no images for calibration or validation; pass --calib PATH with more images")
+    held: list[np.ndarray] = []
+    held_source = ""
+    if hold_out_calib:
+        calib_images, held = hold_out(calib_images)
+        held_source = (f"{calib_source.split(' (')[0]} (held out of calibration: every 8th image, "
+                       f"{min(len(held), val_images)} of {len(held)})")  # fmt: skip
+        calib_source += f", {len(held)} of them held out of calibration for the gate"
     crops = random_crops(calib_images, calib_frames, calib_size, multiple, seed)
     if cfg["task"] == "denoise" and calib is None:
         # A denoiser sees noisy frames; its training images are clean. Calibrating on clean crops sets activation
@@ -163,4 +186,5 @@ def frame_sets(
         crops = add_noise(crops, seed)
         calib_source += f", Gaussian noise sigma uniform in [0, {NOISE_SIGMA_MAX:g}]"
     val_source = f"{spec} (validation split, {min(len(val), val_images)} of {len(val)} images)"
-    return FrameSets(calib=crops, val=val[:val_images], calib_source=calib_source, val_source=val_source)
+    return FrameSets(calib=crops, val=val[:val_images], calib_source=calib_source, val_source=val_source,
+                     held_out=held[:val_images], held_out_source=held_source)  # fmt: skip
