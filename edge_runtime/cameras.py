@@ -3,7 +3,9 @@
 One thread per camera runs the one frame loop (:func:`edge_runtime.pipeline.run_loop`) with its own source
 (latest frame wins on live sources), task state (hysteresis, adaptation) and sinks; the onnxruntime session of a
 model is shared by every camera that uses it (onnxruntime runs one session from several threads, and releases the
-GIL while it computes, so the cameras' inferences overlap). One camera lost never stops the others; the run exits
+GIL while it computes, so the cameras' inferences overlap). With ``batch`` on, or ``"auto"`` where it measures
+faster, frames of the same size from cameras of one model are run in one call (:mod:`edge_runtime.batching`); each
+camera keeps its own post-processing, alarm state and outputs. One camera lost never stops the others; the run exits
 5 only when every camera is lost. SIGTERM/SIGHUP/Ctrl-C stop every camera and finalise every output.
 
 Events of all cameras go to one log (each line carries ``camera``) and, with ``[mqtt]``, to a broker through a
@@ -75,6 +77,7 @@ class RunConfig:
     post_roll: float = 5.0
     clips_max_mb: float = 500.0
     mqtt: MqttConfig | None = None
+    batch: str = "auto"  # "auto", "on" or "off" (the file's "auto", true or false): edge_runtime.batching
     path: str = ""
 
 
@@ -154,6 +157,13 @@ def load_config(path: str | Path) -> RunConfig:
             raise UsageError(f"{path} [mqtt]: keys 'url' and 'spool' are required")
         mqtt = MqttConfig(**mqtt_table)
     rest = {k: v for k, v in top.items() if k not in ("camera", "defaults", "mqtt")}
+    if "batch" in rest:
+        from edge_runtime.batching import batch_mode
+
+        try:
+            rest["batch"] = batch_mode(rest["batch"], str(path))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return RunConfig(cameras=tuple(cameras), mqtt=mqtt, path=str(path), **rest)
 
 
@@ -177,25 +187,50 @@ class _Tagged:
 
 
 class _Models:
-    """One loaded model (and onnxruntime session) per distinct bundle, precision and device."""
+    """One loaded model (and onnxruntime session) per distinct bundle, precision and device, and with ``batch``
+    on or auto one :class:`~edge_runtime.batching.Batcher` per model that can batch (anomaly, denoise)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: str = "off") -> None:
         self._cache: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+        self.batch = batch
+        self.batchers: dict[tuple, Any] = {}
+
+    @staticmethod
+    def _key(cam: CameraConfig) -> tuple:
+        return (str(Path(cam.model).resolve()), cam.precision, cam.device)
 
     def task(self, cam: CameraConfig, shown: bool = True) -> Any:
         from edge_runtime.commands import RunOptions, build_task
         from edge_runtime.model import load_bundle
 
-        key = (str(Path(cam.model).resolve()), cam.precision, cam.device)
+        key = self._key(cam)
         with self._lock:
             if key not in self._cache:
                 bundle = load_bundle(cam.model, hash_graphs=False)  # hashed when the task opens it
                 opts = RunOptions(model=cam.model, source=cam.source, precision=cam.precision, device=cam.device,
                                   threads=cam.threads)  # fmt: skip
-                self._cache[key] = (bundle, build_task(bundle, opts))
+                shared = build_task(bundle, opts)
+                self._batch(key, shared, f"{cam.model} ({cam.precision})")
+                self._cache[key] = (bundle, shared)
             bundle, shared = self._cache[key]
+            if key in self.batchers:
+                self.batchers[key].join()
         return bundle, _own_task(shared, cam, shown)
+
+    def _batch(self, key: tuple, shared: Any, name: str) -> None:
+        """Route the shared task's graph through a batcher (the cameras' own tasks copy the routed graph)."""
+        holder = getattr(shared, {"anomaly": "scorer", "denoise": "den"}.get(shared.kind, ""), None)
+        if self.batch == "off" or holder is None:
+            return  # codec tasks run their own feeds: one call per frame
+        from edge_runtime.batching import Batcher
+
+        batcher = Batcher(holder.graph, self.batch, name=name)
+        holder.graph = batcher.graph_proxy
+        self.batchers[key] = batcher
+
+    def batcher(self, cam: CameraConfig) -> Any:
+        return self.batchers.get(self._key(cam))
 
 
 def _own_task(shared: Any, cam: CameraConfig, shown: bool = True) -> Any:
@@ -227,6 +262,7 @@ class _Camera:
     result: Any = None
     error: BaseException | None = None
     stats: dict = field(default_factory=dict)
+    batcher: Any = None  # the model's Batcher, told when this camera's loop ends
     live: Any = None  # the LoopResult the camera's loop fills while it runs (for /metrics)
 
 
@@ -282,6 +318,9 @@ def _run_camera(cam: _Camera, shared: dict[str, Any], cfg: RunConfig, stop: thre
         cam.stats = {"camera": cam.cfg.name, "error": str(exc)}
         if cam.source is not None:
             cam.source.close()
+    finally:
+        if cam.batcher is not None:
+            cam.batcher.leave()  # the others' calls no longer wait for this camera's frames
 
 
 def _open(cameras: list[_Camera], models: _Models, cfg: RunConfig) -> None:
@@ -290,6 +329,7 @@ def _open(cameras: list[_Camera], models: _Models, cfg: RunConfig) -> None:
     for cam in cameras:
         c = cam.cfg
         cam.bundle, cam.task = models.task(c, shown=bool(c.record or cfg.serve or cfg.clips))
+        cam.batcher = models.batcher(c)
         try:
             with _signals_to_main_thread():
                 cam.source = open_source(c.source, open_timeout=c.open_timeout, read_timeout=c.read_timeout,
@@ -352,8 +392,12 @@ def run_cameras(cfg: RunConfig, stop: threading.Event | None = None) -> dict[str
             }
         )
     t0 = time.perf_counter()
+    models = _Models(cfg.batch)
     try:
-        _open(cameras, _Models(), cfg)
+        _open(cameras, models, cfg)
+        with _signals_to_main_thread():
+            for batcher in models.batchers.values():
+                batcher.start()
         for cam in cameras:
             cam.thread = threading.Thread(target=_run_camera, args=(cam, shared, cfg, stop), daemon=True,
                                           name=f"edgeae-camera-{cam.cfg.name}")  # fmt: skip
@@ -375,14 +419,17 @@ def run_cameras(cfg: RunConfig, stop: threading.Event | None = None) -> dict[str
         for cam in cameras:
             if cam.source is not None:
                 cam.source.close()
+        for batcher in models.batchers.values():
+            batcher.close()
         if "events" in shared:
             shared["events"].close()
         if "server" in shared:
             shared["server"].stop()
-    return _summary(cfg, cameras, stop, time.perf_counter() - t0)
+    return _summary(cfg, cameras, stop, time.perf_counter() - t0, models)
 
 
-def _summary(cfg: RunConfig, cameras: list[_Camera], stop: threading.Event, elapsed: float) -> dict[str, Any]:
+def _summary(cfg: RunConfig, cameras: list[_Camera], stop: threading.Event, elapsed: float,
+             models: _Models) -> dict[str, Any]:  # fmt: skip
     lost = [c for c in cameras if isinstance(c.error, SourceLostError) or (c.result and c.result.lost)]
     errors = [c for c in cameras if c.error is not None and not isinstance(c.error, SourceLostError)]
     code = 0
@@ -394,7 +441,8 @@ def _summary(cfg: RunConfig, cameras: list[_Camera], stop: threading.Event, elap
         code = SourceLostError.exit_code
     out = {"config": cfg.path, "elapsed_s": round(elapsed, 3), "exit_code": code,
            "cameras": {c.cfg.name: c.stats for c in cameras},
-           "cameras_lost": [c.cfg.name for c in lost]}  # fmt: skip
+           "cameras_lost": [c.cfg.name for c in lost],
+           "batching": {b.name: b.summary() for b in models.batchers.values()}}  # fmt: skip
     if errors:
         out["error"] = f"camera {errors[0].cfg.name}: {errors[0].error}"
     if cfg.stats:
