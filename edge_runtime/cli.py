@@ -226,7 +226,10 @@ def denoise(model, input, output, tile, stats_path, precision, device, allow_fal
     """Denoise images, a folder of images or a video with a denoising MODEL bundle, at full resolution.
 
     INPUT is an image, a folder, a glob (quoted) or a video. Corrupt images are skipped and counted; the run
-    then exits 3 after writing the others.
+    then exits 3 after writing the others. Frames whose colour differs from the model's are converted, not
+    refused: colour frames to a gray model are denoised as gray (BGR->GRAY, gray output), gray frames to a
+    colour model as three equal channels; the first one prints a one-line warning naming both channel counts,
+    and the stats count them (frames_converted).
     """
     from edge_runtime.commands import denoise_source
 

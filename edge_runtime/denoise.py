@@ -1,7 +1,14 @@
-"""Denoising: full-resolution frames, large ones in overlapping tiles blended without seams."""
+"""Denoising: full-resolution frames, large ones in overlapping tiles blended without seams.
+
+Frames whose colour does not match the model are converted, with a one-line note (a warning) on the first one and
+a count in the stats: a colour frame to a gray model is denoised as its luma (BGR→GRAY; the output is gray); a gray
+frame (one channel, or three equal channels, as a gray image file decodes) to a colour model is denoised as three
+equal channels (the output is a 3-channel image).
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -81,18 +88,59 @@ class Denoiser:
         return denoise_tiled(self._run, frame, self.tile, self.overlap, self.multiple)
 
 
+def frame_colour_channels(frame: np.ndarray) -> int:
+    """1 for a gray frame ((H, W), (H, W, 1), or BGR/BGRA whose three colour channels are equal), else 3.
+
+    A coarse grid of rows is compared first, so a colour frame costs almost nothing; only a frame that looks gray
+    there is compared whole.
+    """
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return 1
+    b, g, r = frame[..., 0], frame[..., 1], frame[..., 2]
+    for rows in (slice(None, None, 16), slice(None)):
+        if not (np.array_equal(b[rows], g[rows]) and np.array_equal(g[rows], r[rows])):
+            return 3
+    return 1
+
+
 class DenoiseTask:
-    """The frame loop's denoise task: ``process(frame) -> Outcome(image=denoised)``; any size (tiled)."""
+    """The frame loop's denoise task: ``process(frame) -> Outcome(image=denoised)``; any size (tiled).
+
+    A frame whose colour differs from the model's (see the module docstring) is converted; the first one warns
+    once, and ``summary()`` counts them in ``frames_converted``.
+    """
 
     kind = "denoise"
 
     def __init__(self, denoiser: Denoiser, max_side: int = MAX_SIDE):
         self.den = denoiser
         self.max_side = max_side
+        self.channels = denoiser.graph.frame_channels()
+        self.converted = 0
 
     def process(self, frame: Any) -> Outcome:
         image = check_frame(frame.image, self.max_side)
+        have = frame_colour_channels(image)
+        if have != self.channels:
+            if not self.converted:
+                where = getattr(frame, "name", "") or f"frame {getattr(frame, 'index', 0)}"
+                warnings.warn(conversion_note(have, self.channels, where), stacklevel=2)
+            self.converted += 1
         return Outcome(image=self.den.denoise(image))
 
     def summary(self) -> dict[str, Any]:
-        return {"providers": list(self.den.graph.providers)}
+        out: dict[str, Any] = {"providers": list(self.den.graph.providers)}
+        if self.converted:
+            out["frames_converted"] = self.converted
+            out["conversion"] = conversion_note(1 if self.channels == 3 else 3, self.channels)
+        return out
+
+
+def conversion_note(have: int, want: int, where: str = "") -> str:
+    """The one-line note for a frame of ``have`` colour channels given to a model of ``want``."""
+    first = f" (first: {where})" if where else ""
+    if want == 1:
+        return (f"the model is gray (1 channel) and a frame is colour (3 channels){first}: colour frames are "
+                "converted to gray (BGR->GRAY) and denoised as gray")  # fmt: skip
+    return (f"the model is colour (3 channels) and a frame is gray (1 channel){first}: gray frames are denoised as "
+            "three equal channels")  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -103,3 +105,90 @@ def test_an_image_output_refuses_several_frames_and_leaves_nothing(make_bundle, 
     # Nothing replaced: the image is written on success only; no temp file remains.
     assert (tmp_path / "o.png").read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Frames whose colour differs from the model's: converted, one note, counted (issue 19)
+
+
+def _gray_and_colour_folder(root):
+    src = root / "in"
+    src.mkdir()
+    colour = _texture(32, 48, seed=1)
+    gray = _texture(32, 48, c=3, seed=2)[:, :, 1].copy()
+    cv2.imwrite(str(src / "a_colour.png"), colour)
+    cv2.imwrite(str(src / "b_colour.png"), _texture(32, 48, seed=3))
+    cv2.imwrite(str(src / "c_gray.png"), gray)
+    return src, colour, gray
+
+
+def test_colour_frames_to_a_gray_model_are_converted_with_one_note(make_bundle, tmp_path):
+    src, colour, gray = _gray_and_colour_folder(tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["denoise", str(make_bundle(("denoise",), channels=1)), str(src), "-o", str(out),
+                                   "--stats", str(tmp_path / "s.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(notes) == 1 and "gray (1 channel)" in notes[0] and "colour (3 channels)" in notes[0]
+    assert "a_colour.png" in notes[0]
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["frames_converted"] == 2 and stats["frames_processed"] == 3
+    # Identity model: the output is the frame's luma, written as a gray image.
+    got = cv2.imread(str(out / "a_colour.png"), cv2.IMREAD_UNCHANGED)
+    assert got.ndim == 2 and np.array_equal(got, cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+    assert np.array_equal(cv2.imread(str(out / "c_gray.png"), cv2.IMREAD_UNCHANGED), gray)
+
+
+def test_gray_frames_to_a_colour_model_are_converted_with_one_note(make_bundle, tmp_path):
+    src, colour, gray = _gray_and_colour_folder(tmp_path)
+    (src / "d_gray.png").write_bytes((src / "c_gray.png").read_bytes())
+    out = tmp_path / "out"
+    stats_path = tmp_path / "s.json"
+    res = CliRunner().invoke(cli, ["denoise", str(make_bundle(("denoise",), channels=3)), str(src), "-o", str(out),
+                                   "--stats", str(stats_path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(notes) == 1 and "colour (3 channels)" in notes[0] and "gray (1 channel)" in notes[0]
+    assert "c_gray.png" in notes[0]
+    assert json.loads(stats_path.read_text())["frames_converted"] == 2
+    got = cv2.imread(str(out / "c_gray.png"), cv2.IMREAD_UNCHANGED)
+    assert got.shape == (32, 48, 3) and all(np.array_equal(got[..., k], gray) for k in range(3))
+    assert np.array_equal(cv2.imread(str(out / "a_colour.png")), colour)
+
+
+def test_help_documents_the_conversion():
+    res = CliRunner().invoke(cli, ["denoise", "--help"])
+    assert res.exit_code == 0 and "converted" in res.output and "frames_converted" in res.output
+
+
+def test_matching_frames_give_no_note(make_bundle, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), _texture(32, 48))
+    res = CliRunner().invoke(cli, ["denoise", str(make_bundle(("denoise",))), str(src), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0 and "warning" not in res.stderr
+
+
+def test_frame_colour_channels():
+    from edge_runtime.denoise import frame_colour_channels
+
+    colour = _texture(40, 40)
+    gray = colour[:, :, 1]
+    assert frame_colour_channels(gray) == 1 and frame_colour_channels(gray[:, :, None]) == 1
+    assert frame_colour_channels(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)) == 1
+    assert frame_colour_channels(colour) == 3
+    # One coloured pixel off the coarse grid of rows still makes a colour frame.
+    almost = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    almost[17, 5, 2] ^= 1
+    assert frame_colour_channels(almost) == 3
+
+
+def test_unreadable_images_among_gray_and_colour_are_counted_and_skipped(make_bundle, tmp_path):
+    src, _, _ = _gray_and_colour_folder(tmp_path)
+    (src / "e_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (src / "f_empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["denoise", str(make_bundle(("denoise",), channels=1)), str(src), "-o", str(out)])
+    assert res.exit_code == errors.BAD_DATA, res.output
+    assert "2 input(s) could not be read" in res.stderr and "e_broken.png" in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a_colour.png", "b_colour.png", "c_gray.png"]
