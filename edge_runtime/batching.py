@@ -135,6 +135,9 @@ class Batcher:
             return
         if self.requested == "auto" and math.ceil(self.cameras / self.lanes) < 2:
             self.mode, self._phases = "off", []  # one frame a call at most: nothing to batch, nothing to measure
+            self.choice = {"mode": "off", "lanes": self.lanes}
+            self.report(f"edgeae: batch auto for {self.name} ({self.cameras} cameras, {self.lanes} lanes): nothing "
+                        "to batch (as many lanes as cameras): one call per frame")  # fmt: skip
             return
         for i in range(self.lanes):
             t = threading.Thread(target=self._lane, daemon=True, name=f"edgeae-batch-{i}")

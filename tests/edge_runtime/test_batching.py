@@ -213,11 +213,14 @@ def test_auto_keeps_one_call_per_frame_when_batches_cost_more():
 
 
 def test_auto_with_one_camera_a_lane_measures_nothing():
-    b = Batcher(FakeGraph(), "auto", lanes=2, report=lambda line: pytest.fail(line))
+    lines: list[str] = []
+    b = Batcher(FakeGraph(), "auto", lanes=2, report=lines.append)
     b.join()
     b.join()
     b.start()
     assert b.mode == "off" and b.batch_size() == 1 and not b._workers
+    assert lines == ["edgeae: batch auto for fake (2 cameras, 2 lanes): nothing to batch (as many lanes as cameras): "
+                     "one call per frame"]  # fmt: skip
     b.close()
 
 
