@@ -227,8 +227,11 @@ def measure(procs: list[Proc], cameras: list[str], warmup: float, seconds: float
         return out
     t_a = ready + warmup
     t_b = t_a + seconds
-    while time.time() < t_b + 0.5 and any(p.popen.poll() is None for p in procs):
-        time.sleep(0.2)
+    cpu = []
+    for t in (t_a, t_b, t_b + 0.5):
+        while time.time() < t and any(p.popen.poll() is None for p in procs):
+            time.sleep(min(0.2, max(0.0, t - time.time())))
+        cpu.append(sum(cpu_seconds(p.popen.pid) or 0.0 for p in procs))
     exit_codes = _stop(procs)
     per_camera = dict.fromkeys(cameras, 0)
     for c in counters:
@@ -238,7 +241,10 @@ def measure(procs: list[Proc], cameras: list[str], warmup: float, seconds: float
     out.update({"window_s": seconds, "window_wall": [t_a, t_b],
                 "events": [str(p.events) for p in procs], "frames": per_camera,
                 "fps": {cam: round(n / seconds, 3) for cam, n in per_camera.items()},
-                "aggregate_fps": round(sum(per_camera.values()) / seconds, 3), "exit_codes": exit_codes})  # fmt: skip
+                "aggregate_fps": round(sum(per_camera.values()) / seconds, 3), "exit_codes": exit_codes,
+                "cpu_s": round(cpu[1] - cpu[0], 3)})  # fmt: skip
+    if out["cpu_s"] > 0:  # frames per CPU second of the measured processes: what contention on the box leaves out
+        out["frames_per_cpu_s"] = round(sum(per_camera.values()) / out["cpu_s"], 3)
     if wait_auto:
         for p in procs:
             lines = [x for x in p.log.read_text(errors="replace").splitlines() if AUTO_LINE in x]
@@ -285,6 +291,15 @@ def run_config(kind: str, work: Path, tag: str, args: argparse.Namespace, urls: 
 
 # ------------------------------------------------------------------------------------------------------------
 # Memory
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all its threads) from /proc, None once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, int] | None:
@@ -366,6 +381,11 @@ def plot_rss(mem: dict[str, Any], path: Path) -> Path | None:
 # Summary and report
 
 
+def _median(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return round(statistics.median(got), 3) if got else None
+
+
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per configuration: the median over rounds of the aggregate and of each camera's frames/s; the ratios and
     goals from those medians."""
@@ -378,6 +398,8 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         out[kind] = {"aggregate_fps": round(statistics.median(r["aggregate_fps"] for r in runs), 3),
                      "aggregate_fps_rounds": [r["aggregate_fps"] for r in runs],
                      "per_camera_fps": {c: round(statistics.median(r["fps"][c] for r in runs), 3) for c in cams},
+                     "frames_per_cpu_s": _median([r.get("frames_per_cpu_s") for r in runs]),
+                     "cpu_share": _median([r["cpu_s"] / r["window_s"] for r in runs]),
                      "rounds": len(runs)}  # fmt: skip
     goals = {}
     for kind in BATCH:
@@ -396,12 +418,12 @@ def markdown(result: dict[str, Any]) -> str:
              f"({a['precision']})", "",
              f"Commit {result['context'].get('git_commit')}, {result['context']['cpu'].get('logical_cores')} cores, "
              f"load average before {result['loadavg_before']}, after {result['loadavg_after']}.", "",
-             "| configuration | aggregate frames/s (median) | rounds | per camera frames/s |",
-             "|---|---|---|---|"]  # fmt: skip
+             "| configuration | aggregate frames/s (median; rounds) | per camera frames/s | CPU cores used "
+             "| frames per CPU second |", "|---|---|---|---|---|"]  # fmt: skip
     for kind, s in result["summary"]["configs"].items():
         per = ", ".join(f"{v:.2f}" for v in s["per_camera_fps"].values())
         lines.append(f"| {kind} | {s['aggregate_fps']:.2f} ({', '.join(map(str, s['aggregate_fps_rounds']))}) "
-                     f"| {s['rounds']} | {per} |")  # fmt: skip
+                     f"| {per} | {s['cpu_share']} | {s['frames_per_cpu_s']} |")  # fmt: skip
     lines += ["", "| ratio | value | goal | met |", "|---|---|---|---|"]
     for name, g in result["summary"]["goals"].items():
         lines.append(f"| {name} | {g['ratio']:.2f}x | >= {g['goal']}x | {'yes' if g['met'] else 'no'} |")

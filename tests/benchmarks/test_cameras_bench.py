@@ -37,6 +37,7 @@ def test_the_bench_on_tiny_settings_computes_its_fields(tmp_path):
         assert all(n > 0 for n in counted.values()), r  # every camera processed frames in the window
         assert r["fps"] == {c: round(n / 2.0, 3) for c, n in counted.items()}
         assert r["aggregate_fps"] == round(sum(counted.values()) / 2.0, 3)
+        assert 0 < r["cpu_s"] and r["frames_per_cpu_s"] == round(sum(counted.values()) / r["cpu_s"], 3)
     assert len(rounds[0]["frames"]) == 2 and [r for r in rounds if r["config"] == "one_flat_out"][0][
         "frames"
     ].keys() == {"cam0"}
@@ -46,6 +47,8 @@ def test_the_bench_on_tiny_settings_computes_its_fields(tmp_path):
     for kind, s in summary["configs"].items():
         mine = [r["aggregate_fps"] for r in rounds if r["config"] == kind]
         assert s["aggregate_fps"] == round(statistics.median(mine), 3)
+        cpu = [r["frames_per_cpu_s"] for r in rounds if r["config"] == kind]
+        assert s["frames_per_cpu_s"] == round(statistics.median(cpu), 3)
     for name, goal in summary["goals"].items():
         kind, ref = name.split("_vs_")
         ratio = summary["configs"][kind]["aggregate_fps"] / summary["configs"][ref]["aggregate_fps"]
