@@ -206,7 +206,7 @@ def test_auto_batches_when_one_call_of_four_costs_what_one_frame_costs():
 
 
 def test_auto_keeps_one_call_per_frame_when_batches_cost_more():
-    b, lines = _probe(FakeGraph(per_frame=0.005, penalty=2.0))
+    b, lines = _probe(FakeGraph(per_frame=0.005, penalty=4.0))
     assert b.choice is not None and b.choice["mode"] == "off" and b.mode == "off"
     assert b.choice["single_fps"] > 1.5 * b.choice["batched_fps"]
     assert len(lines) == 1 and lines[0].endswith("one call per frame")
@@ -309,3 +309,20 @@ def test_a_bad_batch_value_is_one_line_naming_the_key(tmp_path):
         load_config(cfg)
     cfg.write_text(cfg.read_text().replace('batch = "sometimes"\n', ""))
     assert load_config(cfg).batch == "auto"  # the default
+
+
+def test_a_denoise_batch_gives_each_camera_its_own_call_s_image(make_bundle):
+    from edge_runtime.denoise import Denoiser
+
+    graph = Denoiser(make_bundle(("denoise",))).graph
+    frames = _frames(3, (40, 56, 3))  # padded to the bundle's multiple and cropped back
+    b = _batcher(graph, 3, wait_s=30.0)
+    try:
+        batched = _together(b, frames)
+    finally:
+        b.close()
+    assert b.calls == {3: 1}
+    for frame, got in zip(frames, batched, strict=True):
+        want = graph.run_frame(frame)
+        assert got["denoised"].shape == frame.shape
+        np.testing.assert_array_equal(got["denoised"], want["denoised"])
