@@ -201,7 +201,7 @@ class Batcher:
                 if len(group) >= want or left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
-                if not self._pending:  # cannot happen while this lane holds the oldest; kept for safety
+                if not self._pending:  # another lane took them while this one waited
                     return []
             take = group[:want]
             self._pending = [r for r in self._pending if not any(r is t for t in take)]
