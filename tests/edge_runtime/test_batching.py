@@ -326,3 +326,23 @@ def test_a_denoise_batch_gives_each_camera_its_own_call_s_image(make_bundle):
         want = graph.run_frame(frame)
         assert got["denoised"].shape == frame.shape
         np.testing.assert_array_equal(got["denoised"], want["denoised"])
+
+
+def test_two_lanes_and_four_cameras_each_get_their_own_frames_back():
+    graph = FakeGraph(per_frame=0.001)
+    b = _batcher(graph, 4, lanes=2, wait_s=0.01)
+    wrong: list[int] = []
+
+    def camera(seed: int) -> None:
+        for frame in _frames(30, (16, 16, 3), seed=seed):
+            out = b.graph_proxy.run_frame(frame)
+            if not np.array_equal(out["out"], frame.astype(np.float32) + 1):
+                wrong.append(seed)
+
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    b.close()
+    assert not wrong and sum(graph.batches) == 4 * 30 and max(graph.batches) == 2  # two frames a call at most
