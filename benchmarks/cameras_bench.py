@@ -150,6 +150,7 @@ class Proc:
     events: Path
     log: Path
     camera: str | None  # the camera of a one-camera process; None: the lines carry "camera"
+    log_file: Any = None  # the open log (stdout and stderr), closed by _stop
 
 
 @dataclass
@@ -184,8 +185,7 @@ def _launch(argv: list[str], events: Path, log: Path, camera: str | None) -> Pro
     fh = open(log, "w")  # noqa: SIM115 - closed with the process in _stop
     popen = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
                              env=_env(), cwd=REPO)  # fmt: skip
-    popen._log = fh  # type: ignore[attr-defined]
-    return Proc(popen, events, log, camera)
+    return Proc(popen, events, log, camera, fh)
 
 
 def _stop(procs: list[Proc], timeout: float = 60.0) -> list[int]:
@@ -199,7 +199,7 @@ def _stop(procs: list[Proc], timeout: float = 60.0) -> list[int]:
         except subprocess.TimeoutExpired:
             p.popen.kill()
             codes.append(p.popen.wait())
-        p.popen._log.close()  # type: ignore[attr-defined]
+        p.log_file.close()
     return codes
 
 
