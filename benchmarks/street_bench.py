@@ -896,7 +896,8 @@ def _box_mask(shape: tuple[int, int], boxes: Iterable[Sequence[int]], grow: int 
 
 def map_diagnostics(bundle: Path, video: Path, labels: Sequence[dict], every: int = 4,
                     precision: str = "fp32") -> dict:  # fmt: skip
-    """Where the anomaly map peaks, through the runtime's Python API on every ``every``-th frame of ``video``:
+    """Where the anomaly map peaks, through the runtime's Python API on every ``every``-th frame of ``video`` (each
+    scored against the frame before it, as a stream is):
     on a person, on the object, or elsewhere; and what the frame score would be with people masked out by their
     true boxes (an oracle: the upside of treating walking people as normal), as AUROC on those frames."""
     try:
@@ -908,13 +909,18 @@ def map_diagnostics(bundle: Path, video: Path, labels: Sequence[dict], every: in
     cap = cv2.VideoCapture(str(video))
     rows = []
     k = 0
+    before = None
     while True:
         ok, frame = cap.read()
         if not ok:
             break
         if k % every == 0 and k < len(labels):
             lab = labels[k]
-            res = scorer.score(frame)
+            # as `edgeae score` scores a video: against the frame before (the motion term, when calibrated on one)
+            prev = scorer.analyse(before) if before is not None else None
+            if prev is not None:
+                scorer.finish(prev)
+            res = scorer.finish(scorer.analyse(frame), prev)
             amap = np.asarray(res.map, np.float32)
             people = _box_mask(amap.shape, lab["people"], 4)
             obj = _box_mask(amap.shape, [lab["object"]["footprint"]], 4) if lab["pasted"] else np.zeros_like(people)
@@ -925,6 +931,7 @@ def map_diagnostics(bundle: Path, video: Path, labels: Sequence[dict], every: in
                          "no_people": float(amap[~people].max()) if (~people).any() else float("nan"),
                          "object_peak": float(amap[obj].max()) if obj.any() else None,
                          "elsewhere_peak": float(rest.max()) if rest.size else None})  # fmt: skip
+        before = frame
         k += 1
     cap.release()
     if not rows:

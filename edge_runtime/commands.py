@@ -619,7 +619,8 @@ def calibrate_source(model: Any, source: Any, *, n: int, out: Any = None, durati
     bar = Progress("calibrate", n, enabled=progress)
     with stop_signals(), open_source(source) as src:
         step, span = calibration_span(src, n, duration, every)
-        frames = spread(iter(src), n, every=step, duration=span)
+        # a stream's frames come with the frame before each (the motion term); a folder's images are unrelated
+        frames = spread(iter(src), n, every=step, duration=span, previous=not isinstance(src, ImageSource))
         try:
             summary = calibrate(model, frames, n=n, out=out, per_location=per_location,
                                 progress=lambda done, total: bar.update(done), precision=precision, device=device,

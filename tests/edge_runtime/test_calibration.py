@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_runtime import errors
-from edge_runtime.anomaly import STATS_NAME, AnomalyScorer
+from edge_runtime.anomaly import STATS_NAME, AnomalyScorer, LocationStats
 from edge_runtime.calibration import calibrate, fit_calibration, spread
 from edge_runtime.cli import cli
 from edge_runtime.model import load_bundle
@@ -211,3 +212,91 @@ def test_adapt_needs_a_calibrated_anomaly_model(bundle, make_bundle, tmp_path):
     for model in (bundle, make_bundle(("denoise",), name="den")):
         res = CliRunner().invoke(cli, ["run", str(model), "--source", str(clip), "--adapt"])
         assert res.exit_code == errors.USAGE and "--adapt" in res.stderr
+
+
+# ------------------------------------------------------------------------------------ busy scenes (issue 16)
+
+
+def test_spread_with_previous_pairs_each_frame_with_the_source_frame_before_it():
+    items = [SimpleNamespace(timestamp=i * 0.1, image=None, index=i) for i in range(100)]
+    pairs = list(spread(iter(items), 4, every=2.0, previous=True))
+    assert [p.frame.index for p in pairs] == [0, 20, 40, 60]
+    assert [None if p.previous is None else p.previous.index for p in pairs] == [None, 19, 39, 59]
+
+
+def _patch(rng: np.random.Generator, size: int = 24) -> np.ndarray:
+    """A textured patch unlike the scene (every pixel its own grey level): its cells change when it moves."""
+    return rng.integers(0, 256, (size, size, 1), dtype=np.uint8).repeat(3, axis=2)
+
+
+def _walk(base: list[np.ndarray], patch: np.ndarray, start_x: int, step: int) -> list[np.ndarray]:
+    """``patch`` pasted into each frame at y 36, moving ``step`` px to the right per frame."""
+    out = []
+    for k, f in enumerate(base):
+        x = (start_x + k * step) % (W - patch.shape[1])
+        g = f.copy()
+        g[36 : 36 + patch.shape[0], x : x + patch.shape[1]] = patch
+        out.append(g)
+    return out
+
+
+def _stream(images, fps=10.0):
+    return [SimpleNamespace(index=i, timestamp=i / fps, image=im) for i, im in enumerate(images)]
+
+
+def test_on_a_busy_scene_what_moves_is_normal_and_what_stays_or_appears_is_not(bundle, tmp_path):
+    """The motion term (issue 16): calibrated on a stream in which a textured patch keeps walking across, the
+    walker itself is not an alarm in later frames, but the same kind of patch standing still is, from the first
+    frame it appears on. The same statistics without the previous frame (a folder's images are scored alone) call
+    the walker an alarm: the term is what makes it normal. Unpaired calibration frames keep the Gaussians."""
+    rng = np.random.default_rng(5)
+    walker = _patch(rng)
+    calib = _walk(frames(60, seed=3), walker, 0, 3)
+    paired = calibrate(bundle, spread(iter(_stream(calib)), 60, previous=True), n=60, out=tmp_path / "paired")
+    unpaired = calibrate(bundle, iter(calib), n=60, out=tmp_path / "unpaired")
+    assert paired["per_location"] and unpaired["per_location"]
+    test_walk = _walk(frames(12, seed=4), walker, 10, 3)
+    still = frames(12, seed=6)
+    box = _patch(rng, 20)
+    for g in still[4:]:
+        g[60:80, 90:110] = box  # appears in frame 4 and stays
+
+    def scores(root, images, previous=True):
+        scorer = AnomalyScorer(root)
+        prev, out = None, []
+        for k, im in enumerate(images):
+            a = scorer.analyse(im)
+            a.timestamp = k / 10.0
+            out.append(scorer.finish(a, prev if previous else None).score)
+            prev = a
+        return np.array(out), scorer.threshold, scorer.stats
+
+    walk_scores, thr, stats = scores(tmp_path / "paired", test_walk)
+    assert stats.motion and stats.z_clip > 0
+    assert (walk_scores[1:] < thr).all(), walk_scores  # the first frame has no previous frame to compare with
+    alone, _, _ = scores(tmp_path / "paired", test_walk, previous=False)
+    assert (alone > thr).all(), alone
+    still_scores, thr, _ = scores(tmp_path / "paired", still)
+    assert (still_scores[:4] < thr).all() and (still_scores[4:] > thr).all(), (still_scores, thr)
+    _, _, gaussian = scores(tmp_path / "unpaired", still)
+    assert not gaussian.motion and gaussian.z_clip == 0
+
+
+def test_statistics_files_of_version_1_still_score_and_version_2_round_trips(bundle, tmp_path):
+    cal, stats, _ = fit_calibration(AnomalyScorer(bundle), spread(iter(_stream(frames(20))), 20, previous=True), n=20)
+    assert stats is not None and stats.z_clip > 0
+    again = LocationStats.from_bytes(stats.to_bytes(), "s.npz")
+    assert again.z_clip == stats.z_clip and again.motion == stats.motion
+    old = LocationStats(stats.frame_size, stats.ssim_mean, stats.ssim_std, stats.feat_mean, stats.feat_std,
+                        stats.term_norm, stats.weights, stats.frames)  # fmt: skip
+    data = old.to_bytes()
+    with np.load(io.BytesIO(data)) as z:
+        assert int(z["version"][0]) == 1 and "z_clip" not in z.files  # old readers read what they know
+    back = LocationStats.from_bytes(data, "s.npz")
+    assert back.z_clip == 0 and not back.motion
+    bad = dict(np.load(io.BytesIO(stats.to_bytes())))
+    bad["version"] = np.array([3], np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **bad)
+    with pytest.raises(errors.ModelRejectedError, match=r"statistics version \[3\] \(this edgeae knows 1 and 2\)"):
+        LocationStats.from_bytes(buf.getvalue(), "s.npz")
