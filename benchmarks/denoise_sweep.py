@@ -118,28 +118,32 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plot(res: dict[str, Any], path: Path, labels: dict[str, str]) -> None:
-    """Mean PSNR against σ, one panel per set: each method over all images (solid), the reference and the other
-    methods on the reference's images (dashed). σ=0 of the noisy input (infinite PSNR) is left out."""
+    """Mean PSNR against σ, one panel per set, one colour per method: over all images (solid) and, for our FP32
+    model and fastNlMeans, over the reference's images (dashed, beside the reference). The noisy input is the
+    thin gray line; its σ=0 point (infinite PSNR) and the reference's (exact) are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = {"ours fp32": "C0", "ours int8": "C2", "fastNlMeans": "C1", "reference": "C3", "noisy": "0.6"}
+    subset = ("ours fp32 (ref images)", "fastNlMeans (ref images)")
     names = list(res["sets"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         rows = [r for r in res["summary"] if r["set"] == name and r["psnr"] is not None]
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        for m in methods:
+        for m in [m for m in dict.fromkeys(r["method"] for r in rows) if "(" not in m or m in subset]:
             pts = sorted((r["sigma"], r["psnr"], r["images"]) for r in rows if r["method"] == m)
             base = m.replace(" (ref images)", "")
-            dashed = m.endswith("(ref images)") or m == "reference"
-            label = labels.get(base, base) + (f" ({pts[0][2]} img)" if dashed else "")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if dashed else "-", marker="o", ms=3, label=label)
+            dashed = m in subset or m == "reference"
+            label = labels.get(base, base) + (f", first {pts[0][2]} images" if dashed else "")
+            style = {"lw": 0.8} if m == "noisy" else {"marker": "o", "ms": 3}
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if dashed else "-", color=colours.get(base),
+                    label=label, **style)  # fmt: skip
         held = "held out" if HELD_OUT.get(name, True) else "NOT held out for the colour model"
         ax.set_title(f"{name} ({len(res['sets'][name]['images'])} images, {held})", fontsize=9)
         ax.set_xlabel("noise sigma (0..255, clipped uint8)")
-        ax.set_ylabel("PSNR (dB)")
+        ax.set_ylabel("mean PSNR (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
