@@ -894,6 +894,16 @@ def _box_mask(shape: tuple[int, int], boxes: Iterable[Sequence[int]], grow: int 
     return mask
 
 
+def picked_precision(bundle: Path, precision: str) -> str:
+    """The precision the CLI runs the anomaly graph at: ``precision`` itself, or for ``auto`` what
+    ``--device auto`` picks on this machine (its cached choice)."""
+    if precision != "auto":
+        return precision
+    from edge_runtime.autodevice import choose
+
+    return choose(str(bundle), "anomaly", "auto").precision
+
+
 def map_diagnostics(bundle: Path, video: Path, labels: Sequence[dict], every: int = 4,
                     precision: str = "fp32") -> dict:  # fmt: skip
     """Where the anomaly map peaks, through the runtime's Python API on every ``every``-th frame of ``video`` (each
@@ -1162,18 +1172,19 @@ def run(args: argparse.Namespace) -> dict:
     cal_args, copy_first = calibrate_plan(cli_help("calibrate"), str(model), str(out / "calib.mkv"), str(cal_dir))
     if copy_first:
         shutil.copytree(model, cal_dir)
-    if args.precision != "fp32":
+    if args.precision != "auto":
         cal_args += ["--precision", args.precision]
     rc, stdout, _ = run_cli(cal_args, logs / "calibrate.log", commands)
     if rc != 0:
         raise SystemExit(f"edgeae calibrate failed (exit {rc}); see {logs / 'calibrate.log'}")
     result["calibration"] = {"copied_bundle_first": copy_first, "summary": _last_json(stdout)}
+    result["config"]["precision_run"] = picked_precision(cal_dir, args.precision)
     manifest = json.loads((cal_dir / "manifest.json").read_text())
     result["calibration"]["stored"] = manifest.get("calibration")
     ev = out / "events_test.jsonl"
     ev.unlink(missing_ok=True)
     sc_args = ["score", str(cal_dir), str(out / "test.mkv"), "--events", str(ev)]
-    if args.precision != "fp32":
+    if args.precision != "auto":
         sc_args += ["--precision", args.precision]
     rc, stdout, dt = run_cli(sc_args, logs / "score_test.log", commands)
     start, frames, errors = read_events(ev)
@@ -1207,7 +1218,8 @@ def run(args: argparse.Namespace) -> dict:
     metrics["block_lift"] = block_contrast(metrics["block_table"])
     if args.diagnose:
         t0 = time.perf_counter()
-        metrics["map_diagnostics"] = map_diagnostics(cal_dir, out / "test.mkv", test_labels, precision=args.precision)
+        metrics["map_diagnostics"] = map_diagnostics(cal_dir, out / "test.mkv", test_labels,
+                                                     precision=picked_precision(cal_dir, args.precision))  # fmt: skip
         metrics["map_diagnostics"]["seconds"] = round(time.perf_counter() - t0, 1)
     result["busy_scene"] = metrics
     if has_option(cli_help("run"), "--adapt"):  # the same clip through the live loop with adaptation
@@ -1217,7 +1229,7 @@ def run(args: argparse.Namespace) -> dict:
         stats_path.unlink(missing_ok=True)
         a = ["run", str(cal_dir), "--source", str(out / "test.mkv"), "--adapt", "--stats", str(stats_path),
              "--events", str(ev)]  # fmt: skip
-        if args.precision != "fp32":
+        if args.precision != "auto":
             a += ["--precision", args.precision]
         rc, _, dt = run_cli(a, logs / "run_adapt_test.log", commands)
         _, frames_a, errors_a = read_events(ev) if ev.exists() else ({}, [], [])
@@ -1295,7 +1307,7 @@ def _ramp(args, photos: Photos, cal_dir: Path, out: Path, logs: Path, commands: 
             ev = out / f"events_ramp_{name}_{key}.jsonl"
             ev.unlink(missing_ok=True)
             a = a + ["--events", str(ev)]
-            if args.precision != "fp32":
+            if args.precision != "auto":
                 a += ["--precision", args.precision]
             rc, _, dt = run_cli(a, logs / f"ramp_{name}_{key}.log", commands)
             start, frames, errors = read_events(ev) if ev.exists() else ({}, [], [])
@@ -1437,7 +1449,7 @@ def format_markdown(r: dict) -> str:
         f"(calibration {c['calib_frames']}, test {c['test_frames']}: {b['clean']} clean, {b['pasted']} with an "
         f"object); people in view {r['scene']['people_in_view']['mean']} on average "
         f"({r['scene']['people_in_view']['min']}-{r['scene']['people_in_view']['max']}); threshold "
-        f"{_num(b['threshold'], 2)}; precision {c['precision']}.",
+        f"{_num(b['threshold'], 2)}; precision {c['precision']} (ran {c.get('precision_run', c['precision'])}).",
         "",
         "| metric | per frame (`above_threshold`) | alarm (hysteresis) |",
         "| --- | ---: | ---: |",
@@ -1499,7 +1511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=600, help="frames of the busy clip (calibration + test)")
     parser.add_argument("--calib-frames", type=int, default=CALIB_FRAMES)
     parser.add_argument("--fps", type=float, default=FPS)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
+                        help="the CLI's --precision; auto (its default) lets `--device auto` pick, and the JSON "
+                        "records what it picked")  # fmt: skip
     parser.add_argument("--people-rate", type=float, default=SceneConfig.rate,
                         help="people entering per second (0: an empty plaza, for an ablation)")  # fmt: skip
     parser.add_argument("--no-diagnose", dest="diagnose", action="store_false",
