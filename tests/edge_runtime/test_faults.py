@@ -255,7 +255,7 @@ def test_progress_is_one_summary_line_when_not_a_terminal(make_bundle, tmp_path)
 
 def test_fallback_warning_is_one_line(make_bundle, tmp_path):
     img = tmp_path / "in.png"
-    cv2.imwrite(str(img), np.full((32, 32, 3), 90, np.uint8))
+    cv2.imwrite(str(img), np.dstack([np.full((32, 32), v, np.uint8) for v in (60, 90, 120)]))  # colour, not gray
     res = CliRunner().invoke(cli, ["denoise", str(make_bundle(("denoise",))), str(img), "-o", str(tmp_path / "o.png"),
                                    "--device", "cuda", "--allow-fallback"])  # fmt: skip
     assert res.exit_code == 0, res.output
