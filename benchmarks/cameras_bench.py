@@ -135,7 +135,8 @@ def _env() -> dict[str, str]:
 def write_config(path: Path, model: str, precision: str, sources: list[str], events: Path, batch: str,
                  max_frames: int | None = None) -> Path:  # fmt: skip
     lines = [f"events = {json.dumps(str(events))}", f"batch = {batch}", "[defaults]", f"model = {json.dumps(model)}",
-             f"precision = {json.dumps(precision)}", "read_timeout = 10.0", "open_timeout = 10.0"]  # fmt: skip
+             f"precision = {json.dumps(precision)}", 'device = "cpu"',  # as the separate processes get
+             "read_timeout = 10.0", "open_timeout = 10.0"]  # fmt: skip
     if max_frames:
         lines.append(f"max_frames = {max_frames}")
     for i, src in enumerate(sources):

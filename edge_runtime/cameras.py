@@ -39,8 +39,8 @@ class CameraConfig:
     name: str
     source: str
     model: str
-    precision: str = "fp32"
-    device: str = "cpu"
+    precision: str = "auto"  # as `edgeae run`: --device auto picks the fastest verified provider and graph
+    device: str = "auto"
     threads: int | None = None
     threshold: float | None = None  # overrides the bundle's calibrated threshold (anomaly models)
     adapt: bool = False

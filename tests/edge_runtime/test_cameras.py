@@ -130,6 +130,15 @@ def test_a_missing_model_or_bad_source_names_the_camera(make_bundle, tmp_path):
     assert res.exit_code == errors.BAD_DATA and "camera cam0" in res.stderr
 
 
+def test_cameras_default_to_the_fastest_verified_path_like_edgeae_run(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[camera]]\nname = "a"\nsource = "0"\nmodel = "m"\n[[camera]]\nname = "b"\nsource = "1"\n'
+                    'model = "m"\nprecision = "fp32"\ndevice = "cpu"\n')  # fmt: skip
+    a, b = load_config(path).cameras
+    assert (a.device, a.precision) == ("auto", "auto")
+    assert (b.device, b.precision) == ("cpu", "fp32")
+
+
 def test_a_json_config_works_too(make_bundle, cams, tmp_path):
     servers = cams(1)
     path = tmp_path / "c.json"
