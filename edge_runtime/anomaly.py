@@ -11,11 +11,12 @@ on normal frames of the scene and with numpy only:
    (:class:`FrameAligner`), because a fixed camera still vibrates and at 1/8 resolution half a cell of shift
    changes every feature of a textured surface;
 2. per location of the feature grid (1/8 resolution), a Gaussian of the SSIM error averaged to the grid,
-   ``z_s = (s - mean) / std``, and a robust centre and spread of each feature channel (median and scaled median
-   absolute deviation: people who cross a location in a third of the frames do not widen it), whose distance is
-   ``d = mean_c min(((f_c - median_c) / mad_c) ** 2, 25)`` (mean, not sum, over channels: only the scale
-   differs, and the next step removes scale; the clip keeps one channel far out from outvoting the others).
-   Statistics files of version 1 hold Gaussians (mean, std, no clip) and score as they always did;
+   ``z_s = (s - mean) / std``, and per feature channel a centre and spread whose distance is
+   ``d = mean_c min(((f_c - centre_c) / spread_c) ** 2, clip)`` (mean, not sum, over channels: only the scale
+   differs, and the next step removes scale). Calibrated on a stream: the median and scaled median absolute
+   deviation (people who cross a location in a third of the frames do not widen it) and a clip of 25 (one channel
+   far out cannot outvote the others; statistics version 2). On still images: a diagonal Gaussian, no clip (the
+   measurements below; version 1, which older bundles hold and which scores as it always did);
 3. offsets and scales that bring both terms to mean 0, std 1 on held-out normal frames;
 4. on streams (video, cameras), the motion term: evidence that moved since the previous frame is normal, what
    stays or has just appeared is not (:meth:`AnomalyScorer._motion`; a busy street, issue 16). Calibration on a
@@ -113,7 +114,7 @@ Z_CLIP = 25.0
 # The motion term (streams only): frames further apart than this in source time are not compared.
 MOTION_MAX_GAP_S = 2.0
 _MOTION_CHANGE_CELLS = 3  # dilation of the frame-to-frame change (grid cells): a mover's change covers its body
-_MOTION_PREVIOUS_CELLS = 7  # dilation of the previous frame's evidence: how far a mover can have come from
+_MOTION_PREVIOUS_CELLS = 7  # dilation of the previous frame's evidence: how far (cells) a mover may have come
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -135,9 +135,10 @@ def _unit_scale(values: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class _Collected:
-    """What one pass over the calibration frames leaves: running sums (the SSIM term) and thinned float16 copies
-    of the features (for medians) of everything but the held-out tail, the held-out tail's grids (a ring of the
-    last frames, each with the analysis of the source frame before it), and checks of the frames themselves."""
+    """What one pass over the calibration frames leaves: running sums (the SSIM term, and the features' Gaussians
+    for still images) and thinned float16 copies of the features (for a stream's medians) of everything but the
+    held-out tail, the held-out tail's grids (a ring of the last frames, each with the analysis of the source frame
+    before it), and checks of the frames themselves."""
 
     per_location: bool
     holdout: int
@@ -284,8 +285,9 @@ def _fit_location_stats(scorer: AnomalyScorer, c: _Collected, weights: tuple[flo
     assert c.size is not None
     s_mean, s_std = c.fit_ssim.mean_std((0, 1))
     # A stream (frames paired with the one before): robust statistics and the motion term. Unrelated images of a
-    # fixed scene keep the Gaussians: on benchmarks/anomaly_bench.py (40 calibration images per scene, no time)
-    # the robust statistics lost image AUROC (0.996 -> 0.988) and half the detections (92 -> 55 of 100).
+    # fixed scene keep the Gaussians: on benchmarks/anomaly_bench.py (40 calibration images per scene, no time),
+    # robust statistics with the stream's normalisation lost image AUROC (0.996 -> 0.988) and detections (92 -> 55
+    # of 100).
     stream = any(prev is not None for _, _, prev in c.tail)
     f_mean, f_std = _median_mad(c.fit_feats) if stream else c.fit_feat.mean_std((1, 2))
     z_clip = Z_CLIP if stream else 0.0
@@ -310,9 +312,9 @@ def _upper_scale(held_raw: np.ndarray) -> tuple[float, float]:
     of a window mean varies by a fraction of a unit between normal frames).
 
     False alarms come from the upper tail, so that is what the units measure. On a busy street the motion term
-    makes the lower tail long (frames where passers-by explain most of the evidence): the plain standard
-    deviation was 4.0 raw units there against 1.5 for the upper half, and the threshold of 4 of those units sat
-    above every frame with an object (benchmarks/street_bench.py). For a symmetric spread both are the same."""
+    makes the lower tail long (frames where passers-by explain most of the evidence): offline, on the features of
+    benchmarks/street_bench.py's clip, the plain standard deviation of the held-out scores was 4.0 raw units
+    against 1.5 for the upper half. For a symmetric spread both are the same."""
     median = float(np.median(held_raw))
     excess = np.maximum(held_raw.astype(np.float64) - median, 0.0)
     upper = math.sqrt(2.0 * float(np.mean(excess**2))) if len(held_raw) > 1 else 0.0
